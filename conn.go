@@ -1,0 +1,163 @@
+package n8nrunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sync"
+
+	"github.com/coder/websocket"
+)
+
+// Conn is a message-oriented connection to a broker: one call to Read or
+// Write moves one whole frame. The runner calls Read from one goroutine
+// and Write from another, never two Writes at once.
+//
+// The default dialer's connections are WebSocket connections; package
+// brokertest offers an in-memory one.
+type Conn interface {
+	// Read blocks until the next frame arrives. Cancelling ctx may close
+	// the connection.
+	Read(ctx context.Context) ([]byte, error)
+	// Write sends one text frame.
+	Write(ctx context.Context, frame []byte) error
+	// Close closes the connection with a WebSocket status code and reason.
+	// A second Close does nothing and returns nil or an error.
+	Close(code int, reason string) error
+}
+
+// WebSocket close codes the runner uses and meets.
+const (
+	CloseNormal      = 1000
+	CloseGoingAway   = 1001
+	CloseProtocol    = 1002
+	CloseMessageSize = 1009
+)
+
+// A Dialer opens connections to a broker. runnerID is the id the runner
+// registers under.
+type Dialer interface {
+	Dial(ctx context.Context, runnerID string) (Conn, error)
+}
+
+// DialFunc adapts a function to a [Dialer].
+type DialFunc func(ctx context.Context, runnerID string) (Conn, error)
+
+// Dial calls f.
+func (f DialFunc) Dial(ctx context.Context, runnerID string) (Conn, error) {
+	return f(ctx, runnerID)
+}
+
+// wsDialer is the default dialer: it fetches a grant token when it has an
+// auth token, then upgrades to a WebSocket at /runners/_ws.
+type wsDialer struct {
+	base       *url.URL // the broker URI, validated by Config.Validate
+	authToken  string
+	maxPayload int64
+	client     *http.Client
+
+	// mu guards grant, the one-shot grant token, cleared once used.
+	mu    sync.Mutex
+	grant string
+}
+
+func newWSDialer(cfg Config, client *http.Client) (*wsDialer, error) {
+	if cfg.AuthToken == "" && cfg.GrantToken == "" {
+		return nil, ErrNoToken
+	}
+	base, err := url.Parse(cfg.BrokerURI)
+	if err != nil {
+		return nil, fmt.Errorf("n8nrunner: parse broker URI: %w", err)
+	}
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &wsDialer{
+		base:       base,
+		authToken:  cfg.AuthToken,
+		maxPayload: cfg.MaxPayload,
+		client:     client,
+		grant:      cfg.GrantToken,
+	}, nil
+}
+
+func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
+	token, err := d.grantToken(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	header := http.Header{}
+	header.Set("Authorization", "Bearer "+token)
+	ws, resp, err := websocket.Dial(ctx, d.wsURL(runnerID), &websocket.DialOptions{
+		HTTPClient: d.client,
+		HTTPHeader: header,
+	})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, &StatusError{Op: "upgrade", StatusCode: resp.StatusCode}
+		}
+		return nil, fmt.Errorf("n8nrunner: connect to broker at %s: %w", d.base.Host, err)
+	}
+	ws.SetReadLimit(d.maxPayload)
+	return &wsConn{ws: ws}, nil
+}
+
+// grantToken returns a fresh grant token from the broker when an auth token
+// is configured, and the one-shot grant token otherwise.
+func (d *wsDialer) grantToken(ctx context.Context) (string, error) {
+	if d.authToken != "" {
+		return fetchGrantToken(ctx, d.client, d.base, d.authToken)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.grant == "" {
+		return "", ErrGrantSpent
+	}
+	token := d.grant
+	d.grant = ""
+	return token, nil
+}
+
+func (d *wsDialer) wsURL(runnerID string) string {
+	u := url.URL{
+		Scheme:   "ws",
+		Host:     d.base.Host,
+		Path:     "/runners/_ws",
+		RawQuery: url.Values{"id": {runnerID}}.Encode(),
+	}
+	if d.base.Scheme == "https" {
+		u.Scheme = "wss"
+	}
+	return u.String()
+}
+
+// wsConn adapts a coder/websocket connection to [Conn].
+type wsConn struct {
+	ws *websocket.Conn
+}
+
+func (c *wsConn) Read(ctx context.Context) ([]byte, error) {
+	_, p, err := c.ws.Read(ctx)
+	return p, err
+}
+
+func (c *wsConn) Write(ctx context.Context, frame []byte) error {
+	return c.ws.Write(ctx, websocket.MessageText, frame)
+}
+
+func (c *wsConn) Close(code int, reason string) error {
+	return c.ws.Close(websocket.StatusCode(code), reason)
+}
+
+// closeStatus returns the WebSocket close code carried by err, or -1.
+func closeStatus(err error) int {
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		return int(ce.Code)
+	}
+	return -1
+}
