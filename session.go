@@ -1,0 +1,277 @@
+package n8nrunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// session is everything that belongs to one broker connection: its open
+// offers, pending requests, writer queue and loops. When the connection
+// ends the session is dropped whole, so nothing of it can reach a later
+// connection.
+type session struct {
+	r    *Runner
+	conn Conn
+	out  outbox
+
+	// ctx is done once the connection is gone; tasks started on it derive
+	// their contexts from it.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	// idle is signalled by the tick loop when the idle timeout is reached.
+	idle chan struct{}
+
+	endOnce sync.Once
+	endErr  error // what ended the connection; set once, before ctx is done
+
+	// Guarded by r.mu.
+	registered bool
+	draining   bool
+	offers     offerPool
+	pending    map[string]pendingRequest
+}
+
+func newSession(r *Runner, conn Conn) *session {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	return &session{
+		r:       r,
+		conn:    conn,
+		out:     outbox{wake: make(chan struct{}, 1)},
+		ctx:     ctx,
+		cancel:  cancel,
+		idle:    make(chan struct{}, 1),
+		offers:  newOfferPool(),
+		pending: make(map[string]pendingRequest),
+	}
+}
+
+// end marks the connection as gone and cancels the session's context; the
+// first call's err is kept as the reason.
+func (s *session) end(err error) {
+	s.endOnce.Do(func() {
+		s.endErr = err
+		s.cancel(ErrDisconnected)
+		s.conn.Close(CloseNormal, "")
+	})
+}
+
+// endError is what Run returns for a connection that ended by itself.
+func (s *session) endError() error {
+	s.r.mu.Lock()
+	drained := s.draining
+	s.r.mu.Unlock()
+	if drained {
+		return ErrDrained
+	}
+	return fmt.Errorf("%w: %w", ErrConnectionLost, s.endErr)
+}
+
+func (s *session) close(code int, reason string) {
+	s.endOnce.Do(func() {
+		s.endErr = errClosedByRunner
+		s.conn.Close(code, reason)
+		s.cancel(ErrDisconnected)
+	})
+}
+
+var errClosedByRunner = errors.New("n8nrunner: connection closed by runner")
+
+func (s *session) readLoop() {
+	defer s.r.wg.Done()
+	for {
+		frame, err := s.conn.Read(s.ctx)
+		if err != nil {
+			s.end(err)
+			return
+		}
+		s.dispatch(frame)
+	}
+}
+
+// dispatch handles one frame from the broker. It never waits for a
+// handler: everything it does is bookkeeping under the lock and queueing
+// frames.
+func (s *session) dispatch(frame []byte) {
+	r := s.r
+	m, err := Decode(frame)
+	if err != nil {
+		if errors.Is(err, ErrUnknownType) {
+			r.log.Debug("n8nrunner: frame of unknown type ignored", "error", err)
+		} else {
+			r.log.Warn("n8nrunner: malformed frame from broker dropped", "error", err, "bytes", len(frame))
+		}
+		return
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch m := m.(type) {
+	case BrokerInfoRequest:
+		s.send(RunnerInfo{Name: r.name, Types: r.types}, true)
+	case BrokerRunnerRegistered:
+		s.registered = true
+		r.lastActive = time.Now()
+		r.topUpLocked(s)
+	case BrokerTaskOfferAccept:
+		s.send(r.acceptLocked(s, m), true)
+		r.topUpLocked(s)
+	case BrokerTaskSettings:
+		r.settingsLocked(s, m)
+	case BrokerTaskCancel:
+		r.cancelLocked(s, m)
+	case BrokerTaskDataResponse:
+		r.answerLocked(s, m.RequestID, m.TaskID, m)
+	case BrokerNodeTypes:
+		r.answerLocked(s, m.RequestID, m.TaskID, m)
+	case BrokerRPCResponse:
+		r.answerLocked(s, m.CallID, m.TaskID, m)
+	case BrokerDrain:
+		s.draining = true
+		s.offers.clear()
+	default:
+		r.log.Debug("n8nrunner: runner message from broker ignored", "type", m.MessageType())
+	}
+}
+
+func (s *session) writeLoop() {
+	defer s.r.wg.Done()
+	for {
+		it, ok := s.out.next(s.ctx)
+		if !ok {
+			return
+		}
+		if it.flushed != nil {
+			close(it.flushed)
+			continue
+		}
+		if err := s.conn.Write(s.ctx, it.frame); err != nil {
+			s.end(err)
+			return
+		}
+	}
+}
+
+// tickLoop prunes expired offers, tops the pool up and watches for the
+// idle timeout.
+func (s *session) tickLoop() {
+	defer s.r.wg.Done()
+	tk := time.NewTicker(offerInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case now := <-tk.C:
+			s.tick(now)
+		}
+	}
+}
+
+func (s *session) tick(now time.Time) {
+	r := s.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s.offers.prune(now)
+	r.topUpLocked(s)
+
+	idle := r.cfg.AutoShutdownTimeout
+	if idle > 0 && len(r.tasks) == 0 && !r.stopping && now.Sub(r.lastActive) >= idle {
+		select {
+		case s.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// send queues a message. Urgent frames (offers and accept answers) go out
+// before queued results and requests.
+func (s *session) send(m Message, urgent bool) {
+	frame, err := Encode(m)
+	if err != nil {
+		// Only a bug in this package can get here: every message the
+		// runner builds itself encodes.
+		s.r.log.Error("n8nrunner: encode frame", "type", m.MessageType(), "error", err)
+		return
+	}
+	s.sendFrame(frame, urgent)
+}
+
+func (s *session) sendFrame(frame []byte, urgent bool) {
+	s.out.push(outItem{frame: frame}, urgent)
+}
+
+// flush waits until every frame queued so far is written, for at most d.
+func (s *session) flush(d time.Duration) {
+	done := make(chan struct{})
+	s.out.push(outItem{flushed: done}, false)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-s.ctx.Done():
+	}
+}
+
+// outbox is the queue of frames for the one writer goroutine.
+type outbox struct {
+	wake chan struct{} // signalled after a push
+
+	// mu guards urgent and normal.
+	mu     sync.Mutex
+	urgent []outItem
+	normal []outItem
+}
+
+// outItem is a frame to write, or a flush marker.
+type outItem struct {
+	frame   []byte
+	flushed chan struct{}
+}
+
+func (o *outbox) push(it outItem, urgent bool) {
+	o.mu.Lock()
+	if urgent {
+		o.urgent = append(o.urgent, it)
+	} else {
+		o.normal = append(o.normal, it)
+	}
+	o.mu.Unlock()
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next returns the next item, urgent ones first, waiting for one until ctx
+// is done.
+func (o *outbox) next(ctx context.Context) (outItem, bool) {
+	for {
+		o.mu.Lock()
+		q := &o.urgent
+		if len(*q) == 0 {
+			q = &o.normal
+		}
+		if len(*q) > 0 {
+			it := (*q)[0]
+			(*q)[0] = outItem{}
+			*q = (*q)[1:]
+			if len(*q) == 0 {
+				*q = nil
+			}
+			o.mu.Unlock()
+			return it, true
+		}
+		o.mu.Unlock()
+
+		select {
+		case <-o.wake:
+		case <-ctx.Done():
+			return outItem{}, false
+		}
+	}
+}
