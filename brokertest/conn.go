@@ -1,0 +1,326 @@
+package brokertest
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"time"
+
+	"github.com/offerloop/n8nrunner"
+)
+
+// heldOffer is a runner offer in the broker's queue.
+type heldOffer struct {
+	id         string
+	taskType   string
+	conn       *runnerConn
+	validUntil time.Time // zero: never expires
+}
+
+func (o *heldOffer) valid(now time.Time) bool {
+	return o.validUntil.IsZero() || !now.After(o.validUntil)
+}
+
+// pinger is a connection that can be pinged: a WebSocket one.
+type pinger interface {
+	Ping(ctx context.Context) error
+}
+
+// runnerConn is the broker's side of one runner connection.
+type runnerConn struct {
+	b    *Broker
+	id   string
+	conn n8nrunner.Conn
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	once   sync.Once
+	wake   chan struct{}
+
+	// Guarded by b.mu.
+	registered bool
+	gone       bool
+	types      []string
+	queue      [][]byte
+}
+
+func newRunnerConn(b *Broker, id string, c n8nrunner.Conn) *runnerConn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &runnerConn{b: b, id: id, conn: c, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+}
+
+// close closes the connection with a status; the read loop then
+// deregisters it.
+func (c *runnerConn) close(code int, reason string) {
+	c.once.Do(func() {
+		c.conn.Close(code, reason)
+		c.cancel()
+	})
+}
+
+func (c *runnerConn) sendLocked(m n8nrunner.Message) {
+	frame, err := n8nrunner.Encode(m)
+	if err != nil {
+		panic("brokertest: encode " + m.MessageType() + ": " + err.Error())
+	}
+	c.sendFrameLocked(frame)
+}
+
+// sendFrameLocked records a frame and queues it for the write loop.
+func (c *runnerConn) sendFrameLocked(frame []byte) {
+	if c.gone {
+		return
+	}
+	c.b.recordLocked(c, false, frame)
+	c.queue = append(c.queue, frame)
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *runnerConn) writeLoop() {
+	defer c.b.wg.Done()
+	for {
+		c.b.mu.Lock()
+		q := c.queue
+		c.queue = nil
+		c.b.mu.Unlock()
+		for _, frame := range q {
+			if err := c.conn.Write(c.ctx, frame); err != nil {
+				c.close(n8nrunner.CloseNormal, "")
+				return
+			}
+		}
+		select {
+		case <-c.wake:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *runnerConn) readLoop() {
+	defer c.b.wg.Done()
+	defer c.deregister()
+	for {
+		frame, err := c.conn.Read(c.ctx)
+		if err != nil {
+			c.close(n8nrunner.CloseNormal, "")
+			return
+		}
+		c.handle(frame)
+	}
+}
+
+func (c *runnerConn) pingLoop(p pinger, every time.Duration) {
+	defer c.b.wg.Done()
+	tk := time.NewTicker(every)
+	defer tk.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-tk.C:
+		}
+		ctx, cancel := context.WithTimeout(c.ctx, every)
+		err := p.Ping(ctx)
+		cancel()
+		c.b.mu.Lock()
+		c.b.pings++
+		if err == nil {
+			c.b.pongs++
+		}
+		c.b.mu.Unlock()
+		if err != nil {
+			c.close(n8nrunner.CloseProtocol, "failed heartbeat check")
+			return
+		}
+	}
+}
+
+// deregister forgets a closed connection: its offers are dropped, accepts
+// in flight go back to the queue and its tasks fail, as with n8n.
+func (c *runnerConn) deregister() {
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	c.gone = true
+	delete(b.conns, c)
+	if b.runners[c.id] == c {
+		delete(b.runners, c.id)
+	}
+	for id, req := range b.accepts {
+		if req.conn == c {
+			delete(b.accepts, id)
+			req.acceptTimer.stop()
+		}
+	}
+	for _, req := range b.tasks {
+		if req.conn == c {
+			req.finishLocked(Outcome{Disconnected: true})
+		}
+	}
+	b.recordEventLocked(c, "disconnected")
+	b.settleLocked()
+}
+
+// handle applies one frame from the runner, as n8n's broker does.
+func (c *runnerConn) handle(frame []byte) {
+	b := c.b
+	m, err := n8nrunner.Decode(frame)
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.recordLocked(c, true, frame)
+	if err != nil {
+		return
+	}
+	if !c.registered {
+		if info, ok := m.(n8nrunner.RunnerInfo); ok {
+			c.registerLocked(info)
+		}
+		return
+	}
+
+	switch m := m.(type) {
+	case n8nrunner.RunnerTaskOffer:
+		c.offerLocked(m)
+	case n8nrunner.RunnerTaskAccepted:
+		c.acceptedLocked(m.TaskID)
+	case n8nrunner.RunnerTaskRejected:
+		if req := c.answerLocked(m.TaskID); req != nil {
+			req.rejections = append(req.rejections, m.Reason)
+			b.settleLocked()
+		}
+	case n8nrunner.RunnerTaskDeferred:
+		if req := c.answerLocked(m.TaskID); req != nil {
+			req.deferrals++
+			req.refreshLocked()
+		}
+	case n8nrunner.RunnerTaskDone:
+		if req := c.taskLocked(m.TaskID); req != nil {
+			data := m.Data
+			req.finishLocked(Outcome{Done: &data})
+		}
+	case n8nrunner.RunnerTaskError:
+		if req := c.taskLocked(m.TaskID); req != nil {
+			req.finishLocked(Outcome{Error: m.Error})
+		}
+	case n8nrunner.RunnerTaskDataRequest:
+		if c.taskLocked(m.TaskID) != nil {
+			c.answerAsync(func() n8nrunner.Message {
+				data := marshal(b.onData(m.TaskID, m.RequestParams))
+				return n8nrunner.BrokerTaskDataResponse{TaskID: m.TaskID, RequestID: m.RequestID, Data: data}
+			})
+		}
+	case n8nrunner.RunnerNodeTypesRequest:
+		if c.taskLocked(m.TaskID) != nil {
+			c.answerAsync(func() n8nrunner.Message {
+				types := marshal(b.onNodeTypes(m.TaskID, m.RequestParams))
+				return n8nrunner.BrokerNodeTypes{TaskID: m.TaskID, RequestID: m.RequestID, NodeTypes: types}
+			})
+		}
+	case n8nrunner.RunnerRPC:
+		if c.taskLocked(m.TaskID) != nil {
+			c.answerAsync(func() n8nrunner.Message { return rpcAnswer(b, m) })
+		}
+	}
+}
+
+func (c *runnerConn) registerLocked(info n8nrunner.RunnerInfo) {
+	b := c.b
+	if old := b.runners[c.id]; old != nil && old != c {
+		delete(b.runners, c.id)
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			old.close(n8nrunner.CloseNormal, "replaced by a new connection")
+		}()
+	}
+	c.registered = true
+	c.types = info.Types
+	b.runners[c.id] = c
+	c.sendLocked(n8nrunner.BrokerRunnerRegistered{})
+	b.notifyLocked()
+}
+
+func (c *runnerConn) offerLocked(m n8nrunner.RunnerTaskOffer) {
+	o := &heldOffer{id: m.OfferID, taskType: m.TaskType, conn: c}
+	if m.ValidFor >= 0 {
+		o.validUntil = time.Now().Add(time.Duration(m.ValidFor) * time.Millisecond)
+	}
+	c.b.offers = append(c.b.offers, o)
+	c.b.settleLocked()
+}
+
+// answerLocked ends the accept in progress for taskID, if this runner has
+// one, and puts the request back in the queue's rotation.
+func (c *runnerConn) answerLocked(taskID string) *Request {
+	req := c.b.accepts[taskID]
+	if req == nil || req.conn != c {
+		return nil
+	}
+	delete(c.b.accepts, taskID)
+	req.acceptTimer.stop()
+	return req
+}
+
+func (c *runnerConn) acceptedLocked(taskID string) {
+	b := c.b
+	req := c.answerLocked(taskID)
+	if req == nil {
+		return
+	}
+	b.dequeueLocked(req)
+	req.requestTimer.stop()
+	b.tasks[taskID] = req
+	b.notifyLocked()
+	if !req.holdSettings {
+		req.sendSettingsLocked()
+	}
+}
+
+// taskLocked returns the task with this id if this runner holds it.
+func (c *runnerConn) taskLocked(taskID string) *Request {
+	req := c.b.tasks[taskID]
+	if req == nil || req.conn != c {
+		return nil
+	}
+	return req
+}
+
+// answerAsync runs a user callback outside the lock and sends its answer.
+func (c *runnerConn) answerAsync(answer func() n8nrunner.Message) {
+	c.b.wg.Add(1)
+	go func() {
+		defer c.b.wg.Done()
+		m := answer()
+		c.b.mu.Lock()
+		defer c.b.mu.Unlock()
+		c.sendLocked(m)
+	}()
+}
+
+func rpcAnswer(b *Broker, m n8nrunner.RunnerRPC) n8nrunner.Message {
+	resp := n8nrunner.BrokerRPCResponse{CallID: m.CallID, TaskID: m.TaskID, Status: n8nrunner.RPCStatusSuccess}
+	data, err := b.onRPC(m.TaskID, m.Name, m.Params)
+	if err != nil {
+		resp.Status = n8nrunner.RPCStatusError
+		resp.Data = marshal(err.Error())
+		return resp
+	}
+	resp.Data = marshal(data)
+	return resp
+}
+
+func marshal(v any) json.RawMessage {
+	if raw, ok := v.(json.RawMessage); ok {
+		return raw
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("brokertest: encode callback answer: " + err.Error())
+	}
+	return b
+}
