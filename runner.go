@@ -2,6 +2,7 @@ package n8nrunner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -316,19 +317,20 @@ func (r *Runner) leastOfferedTypeLocked(s *session) string {
 	return best
 }
 
-// acceptLocked answers a broker:taskofferaccept. The caller tops the
-// offers up after sending the answer, as a consumed expired offer frees a
-// slot.
+// acceptLocked answers a broker:taskofferaccept, checking in the order of
+// n8n's JavaScript runner: shutting down, at capacity, offer unknown or
+// expired. The offer is consumed whatever the answer, as the broker has
+// consumed it too; the caller tops the offers up after sending the answer.
 func (r *Runner) acceptLocked(s *session, m BrokerTaskOfferAccept) Message {
 	o := s.offers.take(m.OfferID)
 	now := time.Now()
 	switch {
 	case r.stopping || s.draining:
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectShuttingDown}
-	case o == nil || !now.Before(o.expires):
-		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectOfferExpired}
 	case len(r.tasks) >= r.cfg.MaxConcurrency:
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectAtCapacity}
+	case o == nil || !now.Before(o.expires):
+		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectOfferExpired}
 	case r.tasks[m.TaskID] != nil:
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: "Task already accepted"}
 	}
@@ -435,7 +437,14 @@ func (r *Runner) execute(t *Task, h Handler) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if t.state == taskRunning {
+	switch {
+	case t.state != taskRunning:
+		// Cancelled, or already reported by the timer or the shutdown.
+	case errors.Is(context.Cause(t.ctx), ErrTaskTimeout):
+		// The deadline passed before the timer callback got the lock;
+		// whatever the handler returned came too late.
+		r.sendErrorLocked(t, timeoutMessage(r.cfg.TaskTimeout))
+	default:
 		t.sess.sendFrame(frame, false)
 	}
 	r.removeTaskLocked(t)

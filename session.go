@@ -67,6 +67,9 @@ func (s *session) endError() error {
 	if drained {
 		return ErrDrained
 	}
+	if code := closeStatus(s.endErr); code >= 0 {
+		return fmt.Errorf("%w: closed with status %d", ErrConnectionLost, code)
+	}
 	return fmt.Errorf("%w: %w", ErrConnectionLost, s.endErr)
 }
 
