@@ -102,7 +102,7 @@ func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
 		return nil, fmt.Errorf("n8nrunner: connect to broker at %s: %w", d.base.Host, err)
 	}
 	ws.SetReadLimit(d.maxPayload)
-	return &wsConn{ws: ws}, nil
+	return &wsConn{ws: ws, limit: d.maxPayload}, nil
 }
 
 // grantToken returns a fresh grant token from the broker when an auth token
@@ -137,11 +137,17 @@ func (d *wsDialer) wsURL(runnerID string) string {
 
 // wsConn adapts a coder/websocket connection to [Conn].
 type wsConn struct {
-	ws *websocket.Conn
+	ws    *websocket.Conn
+	limit int64
 }
 
 func (c *wsConn) Read(ctx context.Context) ([]byte, error) {
 	_, p, err := c.ws.Read(ctx)
+	// Name the setting, which is what to change.
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		return nil, fmt.Errorf("n8nrunner: frame from broker over the N8N_RUNNERS_MAX_PAYLOAD "+
+			"limit of %d bytes (connection closed with status 1009): %w", c.limit, err)
+	}
 	return p, err
 }
 

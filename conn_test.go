@@ -1,0 +1,200 @@
+package n8nrunner_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/offerloop/n8nrunner"
+	"github.com/offerloop/n8nrunner/brokertest"
+)
+
+// These tests dial a brokertest server over a loopback WebSocket, so they
+// use real time; every wait is bounded by a context.
+
+const authToken = "test-auth-token"
+
+func wsConfig(uri string) n8nrunner.Config {
+	cfg := n8nrunner.DefaultConfig()
+	cfg.BrokerURI = uri
+	cfg.AuthToken = authToken
+	cfg.MaxConcurrency = 2
+	return cfg
+}
+
+// runWS starts r.Run in the background; the returned function cancels it
+// and returns its error.
+func runWS(t *testing.T, r *n8nrunner.Runner) func() error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestWebSocketRunnerServesTasks(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New()
+	defer b.Close()
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r, err := n8nrunner.New(wsConfig(b.StartServer()), n8nrunner.WithLogger(log))
+	require.NoError(t, err)
+	r.HandleFunc("python", echoSettings)
+	stop := runWS(t, r)
+
+	ctx := testContext(t)
+	require.NoError(t, b.WaitRegistered(ctx, r.ID()))
+	big := strings.Repeat("x", 100<<10) // over coder/websocket's default 32 KiB read limit
+	out, err := b.Submit("python", map[string]any{"big": big}).Wait(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, out.Done, "outcome %+v", out)
+	assert.Contains(t, string(out.Done.Result), big)
+
+	require.NoError(t, stop())
+	assert.NotContains(t, logs.String(), authToken)
+}
+
+func TestDialFailures(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New()
+	defer b.Close()
+	uri := b.StartServer()
+	notBroker := httptest.NewServer(http.NotFoundHandler())
+	defer notBroker.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	refused := "http://" + l.Addr().String()
+	l.Close()
+
+	tests := []struct {
+		name   string
+		config func(*n8nrunner.Config)
+		want   error
+		text   string
+	}{
+		{"wrong auth token", func(c *n8nrunner.Config) { c.AuthToken = "wrong-secret" }, n8nrunner.ErrAuthRejected, "403"},
+		{"unknown grant token", func(c *n8nrunner.Config) { c.AuthToken, c.GrantToken = "", "unknown-grant-secret" },
+			n8nrunner.ErrGrantRejected, "403"},
+		{"not an n8n broker", func(c *n8nrunner.Config) { c.BrokerURI = notBroker.URL }, n8nrunner.ErrNotBroker, "404"},
+		{"nothing listening", func(c *n8nrunner.Config) { c.BrokerURI = refused }, nil, "connection refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := wsConfig(uri)
+			tt.config(&cfg)
+			r, err := n8nrunner.New(cfg)
+			require.NoError(t, err)
+			r.HandleFunc("python", echoSettings)
+
+			err = r.Run(testContext(t))
+			require.Error(t, err)
+			if tt.want != nil {
+				assert.ErrorIs(t, err, tt.want)
+			}
+			assert.Contains(t, err.Error(), tt.text)
+			assert.NotContains(t, err.Error(), "secret", "no token in the error")
+		})
+	}
+}
+
+func TestNewWithoutTokenFails(t *testing.T) {
+	t.Parallel()
+	_, err := n8nrunner.New(n8nrunner.DefaultConfig())
+	assert.ErrorIs(t, err, n8nrunner.ErrNoToken)
+}
+
+func TestGrantTokenIsUsedOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New()
+	defer b.Close()
+	cfg := wsConfig(b.StartServer())
+	cfg.AuthToken, cfg.GrantToken = "", b.IssueGrant()
+	r, err := n8nrunner.New(cfg)
+	require.NoError(t, err)
+	r.HandleFunc("python", echoSettings)
+
+	stop := runWS(t, r)
+	require.NoError(t, b.WaitRegistered(testContext(t), r.ID()))
+	require.NoError(t, stop())
+
+	assert.ErrorIs(t, r.Run(testContext(t)), n8nrunner.ErrGrantSpent)
+}
+
+func TestPingsAreAnsweredWhileEverySlotComputes(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(brokertest.WithHeartbeat(100 * time.Millisecond))
+	defer b.Close()
+	r, err := n8nrunner.New(wsConfig(b.StartServer()))
+	require.NoError(t, err)
+	r.HandleFunc("python", func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
+		n, end := 0, time.Now().Add(300*time.Millisecond)
+		for time.Now().Before(end) { // CPU-bound, never yields on purpose
+			n++
+		}
+		return n8nrunner.Result{Value: n > 0}, nil
+	})
+	stop := runWS(t, r)
+	defer stop()
+
+	ctx := testContext(t)
+	require.NoError(t, b.WaitRegistered(ctx, r.ID()))
+	reqs := []*brokertest.Request{b.Submit("python", 1), b.Submit("python", 2), b.Submit("python", 3)}
+	for _, req := range reqs {
+		out, err := req.Wait(ctx)
+		require.NoError(t, err)
+		require.NotNil(t, out.Done, "outcome %+v", out)
+	}
+	sent, answered := b.Pings()
+	assert.GreaterOrEqual(t, sent, 3)
+	assert.Equal(t, sent, answered, "every ping got its pong")
+	assert.Equal(t, []string{r.ID()}, b.Runners(), "still connected")
+}
+
+func TestFramesOverMaxPayload(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New()
+	defer b.Close()
+	cfg := wsConfig(b.StartServer())
+	cfg.MaxPayload = 64 << 10
+	r, err := n8nrunner.New(cfg)
+	require.NoError(t, err)
+	r.HandleFunc("python", func(_ context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+		return n8nrunner.Result{Value: strings.Repeat("y", 100<<10)}, nil
+	})
+	ctx := testContext(t)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	require.NoError(t, b.WaitRegistered(ctx, r.ID()))
+
+	// A result over the limit becomes a task error; the connection stays.
+	out, err := b.Submit("python", map[string]any{}).Wait(ctx)
+	require.NoError(t, err)
+	assert.Contains(t, out.ErrorMessage(), "N8N_RUNNERS_MAX_PAYLOAD")
+	assert.Equal(t, []string{r.ID()}, b.Runners())
+
+	// A frame from the broker over the limit ends the connection.
+	b.Submit("python", map[string]any{"big": strings.Repeat("z", 100<<10)})
+	err = <-done
+	assert.ErrorIs(t, err, n8nrunner.ErrConnectionLost)
+	assert.Contains(t, err.Error(), "N8N_RUNNERS_MAX_PAYLOAD")
+	assert.False(t, errors.Is(err, n8nrunner.ErrDrained))
+}
