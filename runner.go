@@ -290,6 +290,27 @@ func (r *Runner) abandonTasks(grace time.Duration) {
 	}
 }
 
+// dropTasks forgets the tasks of a connection that has ended: the broker
+// has failed them, so nothing more is sent for them. Waiting tasks leave
+// the table at once; running ones when their handler, whose context is
+// already cancelled, returns.
+func (r *Runner) dropTasks(s *session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.tasks {
+		if t.sess != s {
+			continue
+		}
+		switch t.state {
+		case taskWaiting:
+			r.removeTaskLocked(t)
+		case taskRunning:
+			t.state = taskSilenced
+			r.stopTimerLocked(t)
+		}
+	}
+}
+
 // topUpLocked sends offers until open offers plus tasks reach the maximum
 // concurrency, spreading them over the task types.
 func (r *Runner) topUpLocked(s *session) {

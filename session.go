@@ -56,6 +56,7 @@ func (s *session) end(err error) {
 		s.endErr = err
 		s.cancel(ErrDisconnected)
 		s.conn.Close(CloseNormal, "")
+		s.r.dropTasks(s)
 	})
 }
 
@@ -78,6 +79,7 @@ func (s *session) close(code int, reason string) {
 		s.endErr = errClosedByRunner
 		s.conn.Close(code, reason)
 		s.cancel(ErrDisconnected)
+		s.r.dropTasks(s)
 	})
 }
 
