@@ -84,7 +84,7 @@ func newWSDialer(cfg Config, client *http.Client) (*wsDialer, error) {
 }
 
 func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
-	token, err := d.grantToken(ctx)
+	token, oneShot, err := d.grantToken(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -96,8 +96,18 @@ func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
 		HTTPHeader: header,
 	})
 	if err != nil {
+		var se *StatusError
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return nil, &StatusError{Op: "upgrade", StatusCode: resp.StatusCode}
+			se = &StatusError{Op: "upgrade", StatusCode: resp.StatusCode}
+		}
+		// The broker consumes a grant only when it checks it (401 and 403
+		// answers); after a refused connection, a 429 or a 503 the one-shot
+		// token is still good for the next attempt.
+		if oneShot && (se == nil || !errors.Is(se, ErrGrantRejected)) {
+			d.putBack(token)
+		}
+		if se != nil {
+			return nil, se
 		}
 		return nil, fmt.Errorf("n8nrunner: connect to broker at %s: %w", d.base.Host, err)
 	}
@@ -107,19 +117,27 @@ func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
 
 // grantToken returns a fresh grant token from the broker when an auth token
 // is configured, and the one-shot grant token otherwise.
-func (d *wsDialer) grantToken(ctx context.Context) (string, error) {
+// oneShot reports whether the token is the configured one-shot token.
+func (d *wsDialer) grantToken(ctx context.Context) (token string, oneShot bool, err error) {
 	if d.authToken != "" {
-		return fetchGrantToken(ctx, d.client, d.base, d.authToken)
+		token, err = fetchGrantToken(ctx, d.client, d.base, d.authToken)
+		return token, false, err
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.grant == "" {
-		return "", ErrGrantSpent
+		return "", true, ErrGrantSpent
 	}
-	token := d.grant
+	token = d.grant
 	d.grant = ""
-	return token, nil
+	return token, true, nil
+}
+
+func (d *wsDialer) putBack(token string) {
+	d.mu.Lock()
+	d.grant = token
+	d.mu.Unlock()
 }
 
 func (d *wsDialer) wsURL(runnerID string) string {

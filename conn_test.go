@@ -139,6 +139,24 @@ func TestGrantTokenIsUsedOnce(t *testing.T) {
 	assert.ErrorIs(t, r.Run(testContext(t)), n8nrunner.ErrGrantSpent)
 }
 
+func TestOneShotGrantSurvivesAFailedConnect(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	cfg := wsConfig("http://" + l.Addr().String())
+	l.Close()
+	cfg.AuthToken, cfg.GrantToken = "", "never-sent-grant"
+	r, err := n8nrunner.New(cfg)
+	require.NoError(t, err)
+	r.HandleFunc("python", echoSettings)
+
+	for range 2 {
+		err := r.Run(testContext(t))
+		assert.NotErrorIs(t, err, n8nrunner.ErrGrantSpent, "the broker never saw the grant")
+		assert.Contains(t, err.Error(), "connection refused")
+	}
+}
+
 func TestPingsAreAnsweredWhileEverySlotComputes(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(brokertest.WithHeartbeat(100 * time.Millisecond))
@@ -178,6 +196,9 @@ func TestFramesOverMaxPayload(t *testing.T) {
 	r, err := n8nrunner.New(cfg)
 	require.NoError(t, err)
 	r.HandleFunc("python", func(_ context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+		if string(t.Settings) == `"fail"` {
+			return n8nrunner.Result{}, errors.New(strings.Repeat("e", 100<<10))
+		}
 		return n8nrunner.Result{Value: strings.Repeat("y", 100<<10)}, nil
 	})
 	ctx := testContext(t)
@@ -190,6 +211,12 @@ func TestFramesOverMaxPayload(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, out.ErrorMessage(), "N8N_RUNNERS_MAX_PAYLOAD")
 	assert.Equal(t, []string{r.ID()}, b.Runners())
+
+	// So does an error message too long for a frame: it is cut.
+	out, err = b.Submit("python", "fail").Wait(ctx)
+	require.NoError(t, err)
+	assert.True(t, strings.HasSuffix(out.ErrorMessage(), "… (cut)"), "message cut")
+	assert.Less(t, len(out.Error), 64<<10)
 
 	// A frame from the broker over the limit ends the connection.
 	b.Submit("python", map[string]any{"big": strings.Repeat("z", 100<<10)})

@@ -219,14 +219,24 @@ func (r *Runner) serve(ctx context.Context, conn Conn) error {
 	go s.tickLoop()
 
 	var err error
-	select {
-	case <-ctx.Done():
-		r.stop(s, r.cfg.GracefulShutdownTimeout)
-	case <-s.idle:
-		r.stop(s, r.cfg.GracefulShutdownTimeout)
-		err = ErrIdle
-	case <-s.ctx.Done():
-		err = s.endError()
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			r.stop(s, r.cfg.GracefulShutdownTimeout)
+			break wait
+		case <-s.idle:
+			// A task accepted since the tick that saw the runner idle
+			// cancels the idle stop.
+			if r.stopIfIdle() {
+				r.stop(s, r.cfg.GracefulShutdownTimeout)
+				err = ErrIdle
+				break wait
+			}
+		case <-s.ctx.Done():
+			err = s.endError()
+			break wait
+		}
 	}
 
 	s.end(ErrDisconnected)
@@ -235,6 +245,17 @@ func (r *Runner) serve(ctx context.Context, conn Conn) error {
 	r.sess = nil
 	r.mu.Unlock()
 	return err
+}
+
+// stopIfIdle commits to stopping if no task is in the table.
+func (r *Runner) stopIfIdle() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.tasks) > 0 {
+		return false
+	}
+	r.stopping = true
+	return true
 }
 
 // stop winds the session down: no more offers, accepts rejected, running
@@ -532,6 +553,10 @@ func (r *Runner) sendRequest(t *Task, id string, ch chan<- Message, frame []byte
 	defer r.mu.Unlock()
 	if t.state != taskRunning {
 		return errTaskOver
+	}
+	if int64(len(frame)) > r.cfg.MaxPayload {
+		return fmt.Errorf("n8nrunner: request of %d bytes is over the N8N_RUNNERS_MAX_PAYLOAD "+
+			"limit of %d bytes", len(frame), r.cfg.MaxPayload)
 	}
 	if err := t.sess.ctx.Err(); err != nil {
 		return context.Cause(t.sess.ctx)

@@ -184,7 +184,7 @@ func (s *session) tick(now time.Time) {
 	r.topUpLocked(s)
 
 	idle := r.cfg.AutoShutdownTimeout
-	if idle > 0 && len(r.tasks) == 0 && !r.stopping && now.Sub(r.lastActive) >= idle {
+	if idle > 0 && len(r.tasks) == 0 && !r.stopping && !s.draining && now.Sub(r.lastActive) >= idle {
 		select {
 		case s.idle <- struct{}{}:
 		default:

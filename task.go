@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"runtime"
 	"time"
+	"unicode/utf8"
 
 	gonanoid "github.com/matoous/go-nanoid/v2"
 )
@@ -224,9 +225,28 @@ func errorFrame(taskID string, err error) []byte {
 	if errors.As(err, &te) {
 		body.Message, body.Description = te.Message, te.Description
 	}
+	// n8n shows these to a person; an error quoting a huge input must not
+	// make a frame the broker refuses.
+	body.Message = shorten(body.Message, maxErrorText)
+	body.Description = shorten(body.Description, maxErrorText)
 	payload, _ := json.Marshal(body) // two strings always encode
 	frame, _ := Encode(RunnerTaskError{TaskID: taskID, Error: payload})
 	return frame
+}
+
+// maxErrorText bounds the message and the description of a task error.
+const maxErrorText = 16 << 10
+
+// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "… (cut)"
 }
 
 // timeoutMessage is the message of a timed-out task, worded as n8n's.
