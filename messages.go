@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -235,7 +238,8 @@ var ErrUnknownType = errors.New("n8nrunner: unknown message type")
 // FrameError describes a frame [Decode] could not turn into a message. Its
 // text never quotes the frame's payload, which may hold secrets.
 type FrameError struct {
-	// Type is the frame's type field, if one was found.
+	// Type is the frame's type field, if one was found, cut to 64 bytes;
+	// Error quotes it unless it is a plain name.
 	Type string
 	// Problem says what is wrong, such as `missing field "taskId"`.
 	Problem string
@@ -248,7 +252,7 @@ func (e *FrameError) Error() string {
 	if e.Type == "" {
 		return "n8nrunner: malformed frame: " + e.Problem
 	}
-	return fmt.Sprintf("n8nrunner: malformed %s frame: %s", e.Type, e.Problem)
+	return fmt.Sprintf("n8nrunner: malformed %s frame: %s", printableType(e.Type), e.Problem)
 }
 
 func (e *FrameError) Unwrap() error { return e.Err }
@@ -281,7 +285,7 @@ type wireFrame struct {
 func Decode(frame []byte) (Message, error) {
 	var w wireFrame
 	if err := json.Unmarshal(frame, &w); err != nil {
-		return nil, &FrameError{Problem: jsonProblem(err), Err: err}
+		return nil, frameError(frame, err)
 	}
 	if w.Type == "" {
 		return nil, &FrameError{Problem: `missing field "type"`}
@@ -292,6 +296,35 @@ func Decode(frame []byte) (Message, error) {
 		return nil, d.err
 	}
 	return m, nil
+}
+
+// frameError explains a frame that did not decode. A frame of an unknown
+// type is reported as such even when some field has an unexpected shape,
+// so that new message types are ignored rather than counted as bad.
+func frameError(frame []byte, err error) error {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(frame, &head) != nil || head.Type == "" {
+		return &FrameError{Problem: jsonProblem(err), Err: err}
+	}
+	d := decoder{w: &wireFrame{Type: head.Type}}
+	if _, known := knownTypes[head.Type]; !known {
+		d.fail("unknown type", ErrUnknownType)
+		return d.err
+	}
+	d.fail(jsonProblem(err), err)
+	return d.err
+}
+
+var knownTypes = map[string]struct{}{
+	TypeBrokerInfoRequest: {}, TypeBrokerRunnerRegistered: {}, TypeBrokerTaskOfferAccept: {},
+	TypeBrokerTaskSettings: {}, TypeBrokerTaskCancel: {}, TypeBrokerTaskDataResponse: {},
+	TypeBrokerNodeTypes: {}, TypeBrokerRPCResponse: {}, TypeBrokerDrain: {},
+	TypeRunnerInfo: {}, TypeRunnerTaskOffer: {}, TypeRunnerTaskAccepted: {},
+	TypeRunnerTaskRejected: {}, TypeRunnerTaskDeferred: {}, TypeRunnerTaskDone: {},
+	TypeRunnerTaskError: {}, TypeRunnerTaskDataRequest: {}, TypeRunnerNodeTypesRequest: {},
+	TypeRunnerRPC: {},
 }
 
 // decoder builds a message from a wireFrame and remembers the first
@@ -373,7 +406,7 @@ func (d *decoder) runnerMessage() Message {
 
 func (d *decoder) fail(problem string, err error) {
 	if d.err == nil {
-		d.err = &FrameError{Type: printableType(d.w.Type), Problem: problem, Err: err}
+		d.err = &FrameError{Type: cutType(d.w.Type), Problem: problem, Err: err}
 	}
 }
 
@@ -432,21 +465,48 @@ func jsonProblem(err error) string {
 	case errors.As(err, &syn):
 		return fmt.Sprintf("invalid JSON at offset %d", syn.Offset)
 	case errors.As(err, &typ):
+		// typ.Value may quote the payload (a number's digits); leave it out.
+		kind, _, _ := strings.Cut(typ.Value, " ")
 		if typ.Field != "" {
-			return fmt.Sprintf("field %q has JSON type %s, want %s", typ.Field, typ.Value, typ.Type)
+			return fmt.Sprintf("field %q has the wrong JSON type (%s)", typ.Field, kind)
 		}
-		return fmt.Sprintf("JSON %s where %s is expected", typ.Value, typ.Type)
+		return fmt.Sprintf("JSON %s where an object is expected", kind)
 	}
 	return "invalid JSON"
 }
 
-// printableType keeps an attacker-chosen type name short and printable.
+// cutType cuts an attacker-chosen type to 64 bytes on a rune boundary.
+func cutType(t string) string {
+	const max = 64
+	if len(t) <= max {
+		return t
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(t[cut]) {
+		cut--
+	}
+	return t[:cut] + "…"
+}
+
+// printableType keeps an attacker-chosen type name short and free of
+// control characters: anything but a short plain name is quoted as ASCII
+// and cut.
 func printableType(t string) string {
 	const max = 64
-	if len(t) > max || !utf8.ValidString(t) {
-		return fmt.Sprintf("%.*q…", max, t)
+	plain := len(t) <= max
+	for i := 0; plain && i < len(t); i++ {
+		c := t[i]
+		plain = c == ':' || c == '_' || c == '-' || c == '.' ||
+			'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 	}
-	return t
+	if plain {
+		return t
+	}
+	q := strconv.QuoteToASCII(t)
+	if len(q) > max {
+		q = q[:max] + "…"
+	}
+	return q
 }
 
 // Encode renders a message as the JSON frame the protocol expects, with its
@@ -456,6 +516,9 @@ func Encode(m Message) ([]byte, error) {
 }
 
 func appendFrame(buf []byte, m Message) ([]byte, error) {
+	if m == nil || reflect.ValueOf(m).Kind() == reflect.Pointer && reflect.ValueOf(m).IsNil() {
+		return nil, errors.New("n8nrunner: encode: nil message")
+	}
 	body, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("n8nrunner: encode %s: %w", m.MessageType(), err)
