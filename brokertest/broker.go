@@ -35,8 +35,9 @@ import (
 
 // n8n's cancel reasons that this broker sends itself.
 const (
-	ReasonAcceptTimeout = "Acknowledgement window elapsed"
-	ReasonTaskTimeout   = "Task execution timed out"
+	ReasonAcceptTimeout  = "Acknowledgement window elapsed"
+	ReasonTaskTimeout    = "Task execution timed out"
+	ReasonRequestExpired = "Task request expired"
 )
 
 // Option configures a [Broker].
@@ -179,9 +180,16 @@ func (b *Broker) Close() error {
 	srv := b.server
 	b.mu.Unlock()
 
+	// In parallel: a WebSocket close waits for the peer's answer.
+	var closing sync.WaitGroup
 	for _, c := range conns {
-		c.close(n8nrunner.CloseGoingAway, "broker closed")
+		closing.Add(1)
+		go func() {
+			defer closing.Done()
+			c.close(n8nrunner.CloseGoingAway, "broker closed")
+		}()
 	}
+	closing.Wait()
 	if srv != nil {
 		srv.close()
 	}

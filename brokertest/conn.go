@@ -191,6 +191,10 @@ func (c *runnerConn) handle(frame []byte) {
 	case n8nrunner.RunnerTaskRejected:
 		if req := c.answerLocked(m.TaskID); req != nil {
 			req.rejections = append(req.rejections, m.Reason)
+			if req.expired {
+				b.dequeueLocked(req)
+				req.finishLocked(Outcome{Expired: true})
+			}
 			b.settleLocked()
 		}
 	case n8nrunner.RunnerTaskDeferred:
@@ -274,6 +278,12 @@ func (c *runnerConn) acceptedLocked(taskID string) {
 	}
 	b.dequeueLocked(req)
 	req.requestTimer.stop()
+	if req.expired {
+		// As n8n: the request timed out while the runner was deciding.
+		c.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: ReasonRequestExpired})
+		req.finishLocked(Outcome{Expired: true})
+		return
+	}
 	b.tasks[taskID] = req
 	b.notifyLocked()
 	if !req.holdSettings {

@@ -31,6 +31,7 @@ type Request struct {
 	rejections   []string
 	deferrals    int
 	refreshes    int
+	expired      bool // the request timed out while an accept was in progress
 	outcome      Outcome
 	finished     bool
 	requestTimer *timer
@@ -145,17 +146,26 @@ func (r *Request) sendSettingsLocked() {
 func (r *Request) armRequestTimerLocked() {
 	r.requestTimer.stop()
 	r.requestTimer = r.b.afterFunc(r.b.requestTimeout, func() {
-		if r.finished || r.b.accepts[r.taskID] == r || r.b.tasks[r.taskID] == r {
-			return
+		switch {
+		case r.finished || r.b.tasks[r.taskID] == r:
+		case r.b.accepts[r.taskID] == r:
+			// Settled when the runner answers: see expireAfterAcceptLocked.
+			r.expired = true
+		default:
+			r.b.dequeueLocked(r)
+			r.finishLocked(Outcome{Expired: true})
 		}
-		r.b.dequeueLocked(r)
-		r.finishLocked(Outcome{Expired: true})
 	})
 }
 
 // refreshLocked restarts the request timeout, at most three times, as n8n
 // does after a deferral or an accept timeout.
 func (r *Request) refreshLocked() {
+	if r.expired {
+		r.b.dequeueLocked(r)
+		r.finishLocked(Outcome{Expired: true})
+		return
+	}
 	if r.refreshes < 3 {
 		r.refreshes++
 		r.armRequestTimerLocked()
@@ -168,10 +178,10 @@ func (r *Request) finishLocked(o Outcome) {
 		return
 	}
 	r.finished = true
-	if o.TaskID == "" {
+	if o.TaskID == "" && !o.Expired {
 		o.TaskID = r.taskID
 	}
-	if o.RunnerID == "" && r.conn != nil {
+	if o.RunnerID == "" && r.conn != nil && !o.Expired {
 		o.RunnerID = r.conn.id
 	}
 	o.Rejections = r.rejections

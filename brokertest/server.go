@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -73,7 +74,7 @@ func (b *Broker) serveAuth(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		Token *string `json:"token"`
 	}
-	if r.Header.Get("Content-Type") != "application/json" ||
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" ||
 		json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&body) != nil ||
 		body.Token == nil || *body.Token == "" {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"code": 400, "message": "invalid_type"})
