@@ -19,10 +19,10 @@ var (
 // benchOfferSizes are the numbers of open offers the pool benchmarks use.
 var benchOfferSizes = []int{10, 1000, 10000}
 
-// benchOffers returns n offers of two task types with ids shaped like the
-// runner's (21 characters) and expiries spread like real ones: between
-// validFrom and validFrom+600 ms after base, one offer per millisecond
-// being typical of a busy runner.
+// benchOffers returns n offers of two task types, with ids as long as the
+// runner's (21 characters) and expiries spread at random over the 600 ms
+// that start validFrom after base, as validity jitter and grace spread
+// real ones.
 func benchOffers(rng *rand.Rand, prefix string, n int, base time.Time, validFrom time.Duration) []*offer {
 	offers := make([]*offer, n)
 	for i := range offers {

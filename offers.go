@@ -85,7 +85,8 @@ func (p *offerPool) remove(o *offer) {
 	heap.Remove(&p.byTime, o.index)
 }
 
-// prune removes the offers that expired before now and returns how many.
+// prune removes the offers whose expiry is at or before now and returns how
+// many. Offer ids must be unique; the runner draws them at random.
 func (p *offerPool) prune(now time.Time) int {
 	n := 0
 	for len(p.byTime) > 0 && !now.Before(p.byTime[0].expires) {
