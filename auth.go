@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 )
@@ -33,6 +35,10 @@ func fetchGrantToken(ctx context.Context, client *http.Client, base *url.URL, au
 
 	resp, err := client.Do(req)
 	if err != nil {
+		var netErr net.Error
+		if errors.As(err, &netErr) {
+			return "", fmt.Errorf("n8nrunner: fetch grant token from %s: %w: %w", base.Host, ErrUnreachable, err)
+		}
 		return "", fmt.Errorf("n8nrunner: fetch grant token from %s: %w", base.Host, err)
 	}
 	defer resp.Body.Close()

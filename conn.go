@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -91,9 +94,14 @@ func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
 
 	header := http.Header{}
 	header.Set("Authorization", "Bearer "+token)
+	c := &wsConn{limit: d.maxPayload}
 	ws, resp, err := websocket.Dial(ctx, d.wsURL(runnerID), &websocket.DialOptions{
 		HTTPClient: d.client,
 		HTTPHeader: header,
+		OnPingReceived: func(context.Context, []byte) bool {
+			c.pinged.Store(time.Now().UnixNano())
+			return true
+		},
 	})
 	if err != nil {
 		var se *StatusError
@@ -109,10 +117,11 @@ func (d *wsDialer) Dial(ctx context.Context, runnerID string) (Conn, error) {
 		if se != nil {
 			return nil, se
 		}
-		return nil, fmt.Errorf("n8nrunner: connect to broker at %s: %w", d.base.Host, err)
+		return nil, dialError(d.base.Host, err)
 	}
 	ws.SetReadLimit(d.maxPayload)
-	return &wsConn{ws: ws, limit: d.maxPayload}, nil
+	c.ws = ws
+	return c, nil
 }
 
 // grantToken returns a fresh grant token from the broker when an auth token
@@ -155,8 +164,21 @@ func (d *wsDialer) wsURL(runnerID string) string {
 
 // wsConn adapts a coder/websocket connection to [Conn].
 type wsConn struct {
-	ws    *websocket.Conn
-	limit int64
+	ws     *websocket.Conn
+	limit  int64
+	pinged atomic.Int64 // unix nanoseconds of the last ping received
+}
+
+func (c *wsConn) lastPing() time.Time { return time.Unix(0, c.pinged.Load()) }
+
+// dialError describes a failed connection attempt, marking network
+// failures with [ErrUnreachable].
+func dialError(host string, err error) error {
+	var netErr net.Error
+	if errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("n8nrunner: connect to broker at %s: %w: %w", host, ErrUnreachable, err)
+	}
+	return fmt.Errorf("n8nrunner: connect to broker at %s: %w", host, err)
 }
 
 func (c *wsConn) Read(ctx context.Context) ([]byte, error) {

@@ -95,13 +95,19 @@ func TestDialFailures(t *testing.T) {
 		{"unknown grant token", func(c *n8nrunner.Config) { c.AuthToken, c.GrantToken = "", "unknown-grant-secret" },
 			n8nrunner.ErrGrantRejected, "403"},
 		{"not an n8n broker", func(c *n8nrunner.Config) { c.BrokerURI = notBroker.URL }, n8nrunner.ErrNotBroker, "404"},
-		{"nothing listening", func(c *n8nrunner.Config) { c.BrokerURI = refused }, nil, "connection refused"},
+		{"nothing listening", func(c *n8nrunner.Config) { c.BrokerURI = refused }, n8nrunner.ErrUnreachable, "connection refused"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := wsConfig(uri)
 			tt.config(&cfg)
-			r, err := n8nrunner.New(cfg)
+			// Reconnection is on (auth token): only the permanent failures
+			// end Run by themselves.
+			var opts []n8nrunner.Option
+			if errors.Is(tt.want, n8nrunner.ErrUnreachable) {
+				opts = append(opts, n8nrunner.WithoutReconnect())
+			}
+			r, err := n8nrunner.New(cfg, opts...)
 			require.NoError(t, err)
 			r.HandleFunc("python", echoSettings)
 
@@ -193,17 +199,23 @@ func TestFramesOverMaxPayload(t *testing.T) {
 	defer b.Close()
 	cfg := wsConfig(b.StartServer())
 	cfg.MaxPayload = 64 << 10
-	r, err := n8nrunner.New(cfg)
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	r, err := n8nrunner.New(cfg, n8nrunner.WithLogger(log),
+		n8nrunner.WithReconnect(n8nrunner.Backoff{Base: time.Millisecond}))
 	require.NoError(t, err)
 	r.HandleFunc("python", func(_ context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+		if string(t.Settings) == `"small"` {
+			return n8nrunner.Result{Value: "ok"}, nil
+		}
 		if string(t.Settings) == `"fail"` {
 			return n8nrunner.Result{}, errors.New(strings.Repeat("e", 100<<10))
 		}
 		return n8nrunner.Result{Value: strings.Repeat("y", 100<<10)}, nil
 	})
+	stop := runWS(t, r)
+	defer stop()
 	ctx := testContext(t)
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
 	require.NoError(t, b.WaitRegistered(ctx, r.ID()))
 
 	// A result over the limit becomes a task error; the connection stays.
@@ -218,10 +230,16 @@ func TestFramesOverMaxPayload(t *testing.T) {
 	assert.True(t, strings.HasSuffix(out.ErrorMessage(), "… (cut)"), "message cut")
 	assert.Less(t, len(out.Error), 64<<10)
 
-	// A frame from the broker over the limit ends the connection.
-	b.Submit("python", map[string]any{"big": strings.Repeat("z", 100<<10)})
-	err = <-done
-	assert.ErrorIs(t, err, n8nrunner.ErrConnectionLost)
-	assert.Contains(t, err.Error(), "N8N_RUNNERS_MAX_PAYLOAD")
-	assert.False(t, errors.Is(err, n8nrunner.ErrDrained))
+	// A frame from the broker over the limit ends the connection; the
+	// runner connects again and serves the next task.
+	seq := b.LastSeq()
+	out, err = b.Submit("python", map[string]any{"big": strings.Repeat("z", 100<<10)}).Wait(ctx)
+	require.NoError(t, err)
+	assert.True(t, out.Disconnected, "the oversize task fails with the connection")
+	_, err = b.WaitFrame(ctx, seq, brokertest.ToRunner(n8nrunner.TypeBrokerRunnerRegistered))
+	require.NoError(t, err, "registered again")
+	out, err = b.Submit("python", "small").Wait(ctx)
+	require.NoError(t, err)
+	require.NotNil(t, out.Done)
+	assert.Contains(t, logs.String(), "N8N_RUNNERS_MAX_PAYLOAD", "the log names the setting")
 }

@@ -42,6 +42,25 @@ var (
 	// it does not point at an n8n task broker.
 	ErrNotBroker = errors.New("n8nrunner: no n8n task broker at this URI")
 
+	// ErrForcedStop is returned by Run after a stop through its context
+	// that had to cancel tasks still running when the graceful-shutdown
+	// timeout ran out. The tasks were reported to the broker as failed.
+	ErrForcedStop = errors.New("n8nrunner: graceful shutdown timeout ran out; running tasks were cancelled")
+
+	// ErrUnreachable is wrapped by the dial error when the broker could not
+	// be reached at all: connection refused, no route, DNS failure or a
+	// timeout. Retrying may help.
+	ErrUnreachable = errors.New("n8nrunner: broker unreachable")
+
+	// ErrProtocol is wrapped by the error that ends a connection on which
+	// the broker broke the protocol: a malformed frame before registration
+	// (the peer is not an n8n broker), or no registration within 10 s.
+	ErrProtocol = errors.New("n8nrunner: broker protocol error")
+
+	// ErrSilent is wrapped by the error that ends a connection on which
+	// nothing arrived for the silence timeout (see [WithSilenceTimeout]).
+	ErrSilent = errors.New("n8nrunner: broker silent")
+
 	// ErrNoHandlers is returned by Run when no handler is registered.
 	ErrNoHandlers = errors.New("n8nrunner: no task handler registered")
 

@@ -28,6 +28,7 @@ type harness struct {
 // runnerOptions are the knobs of newHarness.
 type runnerOptions struct {
 	config   func(*n8nrunner.Config)
+	options  []n8nrunner.Option
 	broker   []brokertest.Option
 	handlers map[string]n8nrunner.HandlerFunc
 }
@@ -43,7 +44,8 @@ func newHarness(t *testing.T, o runnerOptions) *harness {
 		o.config(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	r, err := n8nrunner.New(cfg, n8nrunner.WithDialer(h.b.Dialer()), n8nrunner.WithLogger(log))
+	opts := append([]n8nrunner.Option{n8nrunner.WithDialer(h.b.Dialer()), n8nrunner.WithLogger(log)}, o.options...)
+	r, err := n8nrunner.New(cfg, opts...)
 	require.NoError(t, err)
 	if o.handlers == nil {
 		o.handlers = map[string]n8nrunner.HandlerFunc{"python": echoSettings}

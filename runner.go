@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
@@ -20,11 +18,20 @@ import (
 // with a broker that lost track of the task.
 const settingsWait = 10 * time.Second
 
+// defaultSilence is the silence timeout with the default dialer: three of
+// n8n's default 30 s heartbeat intervals.
+const defaultSilence = 90 * time.Second
+
+// registerTimeout bounds the wait for broker:inforequest and
+// broker:runnerregistered after the connection opens.
+const registerTimeout = 10 * time.Second
+
 // flushWait bounds how long a stopping runner waits for its last frames to
 // be written before it closes the connection.
 const flushWait = 5 * time.Second
 
-// Runner serves n8n tasks over one broker connection at a time.
+// Runner serves n8n tasks over one broker connection at a time, and
+// connects again when a connection is lost (see [Runner.Run]).
 //
 // Build it with [New], register handlers with [Runner.Handle], then call
 // [Runner.Run]. Handle must not be called once Run has started; the other
@@ -38,6 +45,13 @@ type Runner struct {
 	httpClient *http.Client
 	handlers   map[string]Handler
 	types      []string // sorted keys of handlers, fixed once Run starts
+
+	reconnect    bool
+	reconnectSet bool // reconnect was chosen by an option
+	backoff      Backoff
+	drainWait    bool
+	silence      time.Duration
+	silenceSet   bool
 
 	// wg counts every goroutine Run starts: connection loops, handlers and
 	// timer callbacks.
@@ -83,6 +97,43 @@ func WithHTTPClient(c *http.Client) Option {
 	return func(r *Runner) { r.httpClient = c }
 }
 
+// WithReconnect turns automatic reconnection on, with any dialer, using b
+// (zero fields take [DefaultBackoff]'s values). It is on by default only
+// with the default dialer and an auth token, since a one-shot grant token
+// cannot be used twice. See [Runner.Run].
+func WithReconnect(b Backoff) Option {
+	return func(r *Runner) {
+		r.reconnect, r.reconnectSet, r.backoff = true, true, b.withDefaults()
+	}
+}
+
+// WithoutReconnect turns automatic reconnection off: Run returns when its
+// connection ends, as a process supervised by n8n's launcher should.
+func WithoutReconnect() Option {
+	return func(r *Runner) { r.reconnect, r.reconnectSet = false, true }
+}
+
+// WithDrainWait makes a runner whose Run context is cancelled keep
+// offering and serving until the broker sends broker:drain, the connection
+// closes or the graceful-shutdown timeout ends, whichever comes first, and
+// only then stop offering and wait for its tasks, within what is left of
+// the same timeout. This is how n8n's JavaScript runner stops, and suits a
+// runner that is shut down together with its n8n worker. The default is to
+// stop offering at once.
+func WithDrainWait(wait bool) Option {
+	return func(r *Runner) { r.drainWait = wait }
+}
+
+// WithSilenceTimeout sets how long a connection may stay silent (no frame
+// and no ping from the broker) before the runner takes it for dead and, with
+// reconnection on, connects again. n8n pings every runner every
+// N8N_RUNNERS_HEARTBEAT_INTERVAL seconds (30 by default). The default is
+// 90 s with the default dialer and 0 (never) with other dialers, whose
+// connections may not carry pings.
+func WithSilenceTimeout(d time.Duration) Option {
+	return func(r *Runner) { r.silence, r.silenceSet = d, true }
+}
+
 // WithName sets the name the runner gives in runner:info. The default is
 // "Go Task Runner".
 func WithName(name string) Option {
@@ -117,6 +168,12 @@ func New(cfg Config, opts ...Option) (*Runner, error) {
 			return nil, err
 		}
 		r.dialer = d
+		if !r.reconnectSet {
+			r.reconnect, r.backoff = cfg.AuthToken != "", DefaultBackoff
+		}
+		if !r.silenceSet {
+			r.silence = defaultSilence
+		}
 	}
 	return r, nil
 }
@@ -145,191 +202,6 @@ func (r *Runner) Handle(taskType string, h Handler) {
 // HandleFunc registers f for tasks of taskType, like [Runner.Handle].
 func (r *Runner) HandleFunc(taskType string, f func(ctx context.Context, t *Task) (Result, error)) {
 	r.Handle(taskType, HandlerFunc(f))
-}
-
-// Run connects to the broker, registers the handled task types and serves
-// tasks until ctx is done, the connection ends or the runner has been idle
-// for [Config.AutoShutdownTimeout]. It returns only after every goroutine
-// it started has ended, handlers included.
-//
-// When ctx is done the runner stops offering, rejects new tasks, lets
-// running tasks finish for up to [Config.GracefulShutdownTimeout], reports
-// and cancels the rest, closes the connection with status 1000 and returns
-// nil. It also returns:
-//   - [ErrIdle] after the idle timeout, a clean stop;
-//   - [ErrDrained] when the broker drained the runner and closed the
-//     connection, as n8n does when it shuts down;
-//   - an error wrapping [ErrConnectionLost] when the connection broke;
-//   - the dialer's error when the connection could not be made, such as a
-//     [*StatusError] wrapping [ErrAuthRejected], [ErrGrantRejected] or
-//     [ErrNotBroker], or [ErrGrantSpent];
-//   - [ErrNoHandlers] or [ErrRunning] when it cannot start.
-//
-// A Runner may be run again after Run returns.
-func (r *Runner) Run(ctx context.Context) error {
-	if err := r.start(); err != nil {
-		return err
-	}
-	defer r.setRunning(false)
-
-	conn, err := r.dialer.Dial(ctx, r.id)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	return r.serve(ctx, conn)
-}
-
-func (r *Runner) start() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.handlers) == 0 {
-		return ErrNoHandlers
-	}
-	if r.running {
-		return ErrRunning
-	}
-	r.started = true
-	r.running = true
-	r.stopping = false
-	r.types = slices.Sorted(maps.Keys(r.handlers))
-	r.lastActive = time.Now()
-	return nil
-}
-
-func (r *Runner) setRunning(running bool) {
-	r.mu.Lock()
-	r.running = running
-	r.mu.Unlock()
-}
-
-// serve runs one connection until it ends or ctx is done, then waits for
-// every goroutine of the connection.
-func (r *Runner) serve(ctx context.Context, conn Conn) error {
-	s := newSession(r, conn)
-	r.mu.Lock()
-	r.sess = s
-	r.mu.Unlock()
-
-	r.wg.Add(3)
-	go s.readLoop()
-	go s.writeLoop()
-	go s.tickLoop()
-
-	var err error
-wait:
-	for {
-		select {
-		case <-ctx.Done():
-			r.stop(s, r.cfg.GracefulShutdownTimeout)
-			break wait
-		case <-s.idle:
-			// A task accepted since the tick that saw the runner idle
-			// cancels the idle stop.
-			if r.stopIfIdle() {
-				r.stop(s, r.cfg.GracefulShutdownTimeout)
-				err = ErrIdle
-				break wait
-			}
-		case <-s.ctx.Done():
-			err = s.endError()
-			break wait
-		}
-	}
-
-	s.end(ErrDisconnected)
-	r.wg.Wait()
-	r.mu.Lock()
-	r.sess = nil
-	r.mu.Unlock()
-	return err
-}
-
-// stopIfIdle commits to stopping if no task is in the table.
-func (r *Runner) stopIfIdle() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.tasks) > 0 {
-		return false
-	}
-	r.stopping = true
-	return true
-}
-
-// stop winds the session down: no more offers, accepts rejected, running
-// tasks given up to grace to finish, the rest reported and cancelled, the
-// last frames flushed and the connection closed with 1000.
-func (r *Runner) stop(s *session, grace time.Duration) {
-	r.mu.Lock()
-	r.stopping = true
-	s.offers.clear()
-	r.mu.Unlock()
-
-	deadline := time.NewTimer(grace)
-	defer deadline.Stop()
-	for r.taskCount() > 0 {
-		select {
-		case <-r.taskEnded:
-		case <-deadline.C:
-			r.abandonTasks(grace)
-			s.flush(flushWait)
-			s.close(CloseNormal, "Shutting down")
-			return
-		case <-s.ctx.Done():
-			return
-		}
-	}
-	s.flush(flushWait)
-	s.close(CloseNormal, "Shutting down")
-}
-
-func (r *Runner) taskCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.tasks)
-}
-
-// abandonTasks reports every task still in the table as failed and cancels
-// its context.
-func (r *Runner) abandonTasks(grace time.Duration) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	msg := fmt.Sprintf("Task cancelled: the runner is shutting down and its graceful "+
-		"shutdown timeout of %s ran out", formatSeconds(grace))
-	for _, t := range r.tasks {
-		switch t.state {
-		case taskWaiting:
-			r.removeTaskLocked(t)
-			t.cancel(ErrShutdown)
-		case taskRunning:
-			r.sendErrorLocked(t, msg)
-			t.state = taskSilenced
-			t.cancel(ErrShutdown)
-		}
-	}
-}
-
-// dropTasks forgets the tasks of a connection that has ended: the broker
-// has failed them, so nothing more is sent for them. Waiting tasks leave
-// the table at once; running ones when their handler, whose context is
-// already cancelled, returns.
-func (r *Runner) dropTasks(s *session) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, t := range r.tasks {
-		if t.sess != s {
-			continue
-		}
-		switch t.state {
-		case taskWaiting:
-			r.removeTaskLocked(t)
-		case taskRunning:
-			t.state = taskSilenced
-			r.stopTimerLocked(t)
-		}
-	}
 }
 
 // topUpLocked sends offers until open offers plus tasks reach the maximum

@@ -582,7 +582,7 @@ func TestStopPastGraceReportsAndCancels(t *testing.T) {
 		synctest.Wait()
 
 		start := time.Now()
-		require.NoError(t, h.stop())
+		assert.ErrorIs(t, h.stop(), n8nrunner.ErrForcedStop)
 		assert.Equal(t, 2*time.Second, time.Since(start).Round(time.Millisecond))
 		assert.ErrorIs(t, <-causes, n8nrunner.ErrShutdown)
 		out, err := req.Wait(context.Background())

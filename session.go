@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,15 +25,24 @@ type session struct {
 
 	// idle is signalled by the tick loop when the idle timeout is reached.
 	idle chan struct{}
+	// drained is closed when broker:drain arrives.
+	drained chan struct{}
+
+	// wg counts the connection's loops.
+	wg sync.WaitGroup
+
+	started  time.Time
+	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 
 	endOnce sync.Once
 	endErr  error // what ended the connection; set once, before ctx is done
 
 	// Guarded by r.mu.
-	registered bool
-	draining   bool
-	offers     offerPool
-	pending    map[string]pendingRequest
+	registered   bool
+	registeredAt time.Time
+	draining     bool
+	offers       offerPool
+	pending      map[string]pendingRequest
 }
 
 func newSession(r *Runner, conn Conn) *session {
@@ -44,6 +54,8 @@ func newSession(r *Runner, conn Conn) *session {
 		ctx:     ctx,
 		cancel:  cancel,
 		idle:    make(chan struct{}, 1),
+		drained: make(chan struct{}),
+		started: time.Now(),
 		offers:  newOfferPool(),
 		pending: make(map[string]pendingRequest),
 	}
@@ -86,30 +98,40 @@ func (s *session) close(code int, reason string) {
 var errClosedByRunner = errors.New("n8nrunner: connection closed by runner")
 
 func (s *session) readLoop() {
-	defer s.r.wg.Done()
+	defer s.wg.Done()
 	for {
 		frame, err := s.conn.Read(s.ctx)
 		if err != nil {
 			s.end(err)
 			return
 		}
-		s.dispatch(frame)
+		s.lastRead.Store(time.Now().UnixNano())
+		if err := s.dispatch(frame); err != nil {
+			s.end(err)
+			return
+		}
 	}
 }
 
 // dispatch handles one frame from the broker. It never waits for a
 // handler: everything it does is bookkeeping under the lock and queueing
-// frames.
-func (s *session) dispatch(frame []byte) {
+// frames. An error means the connection must end.
+func (s *session) dispatch(frame []byte) error {
 	r := s.r
 	m, err := Decode(frame)
 	if err != nil {
-		if errors.Is(err, ErrUnknownType) {
+		r.mu.Lock()
+		registered := s.registered
+		r.mu.Unlock()
+		switch {
+		case errors.Is(err, ErrUnknownType):
 			r.log.Debug("n8nrunner: frame of unknown type ignored", "error", err)
-		} else {
+		case !registered:
+			return fmt.Errorf("%w: malformed frame before registration: %w", ErrProtocol, err)
+		default:
 			r.log.Warn("n8nrunner: malformed frame from broker dropped", "error", err, "bytes", len(frame))
 		}
-		return
+		return nil
 	}
 
 	r.mu.Lock()
@@ -118,6 +140,9 @@ func (s *session) dispatch(frame []byte) {
 	case BrokerInfoRequest:
 		s.send(RunnerInfo{Name: r.name, Types: r.types}, true)
 	case BrokerRunnerRegistered:
+		if !s.registered {
+			s.registeredAt = time.Now()
+		}
 		s.registered = true
 		r.lastActive = time.Now()
 		r.topUpLocked(s)
@@ -135,15 +160,19 @@ func (s *session) dispatch(frame []byte) {
 	case BrokerRPCResponse:
 		r.answerLocked(s, m.CallID, m.TaskID, m)
 	case BrokerDrain:
+		if !s.draining {
+			close(s.drained)
+		}
 		s.draining = true
 		s.offers.clear()
 	default:
 		r.log.Debug("n8nrunner: runner message from broker ignored", "type", m.MessageType())
 	}
+	return nil
 }
 
 func (s *session) writeLoop() {
-	defer s.r.wg.Done()
+	defer s.wg.Done()
 	for {
 		it, ok := s.out.next(s.ctx)
 		if !ok {
@@ -163,7 +192,7 @@ func (s *session) writeLoop() {
 // tickLoop prunes expired offers, tops the pool up and watches for the
 // idle timeout.
 func (s *session) tickLoop() {
-	defer s.r.wg.Done()
+	defer s.wg.Done()
 	tk := time.NewTicker(offerInterval)
 	defer tk.Stop()
 	for {
@@ -171,15 +200,27 @@ func (s *session) tickLoop() {
 		case <-s.ctx.Done():
 			return
 		case now := <-tk.C:
-			s.tick(now)
+			if err := s.tick(now); err != nil {
+				s.end(err)
+				return
+			}
 		}
 	}
 }
 
-func (s *session) tick(now time.Time) {
+// tick prunes and tops up the offers, watches the idle timeout, and
+// returns an error when the connection is to be given up: registration
+// never completed, or the broker has gone silent.
+func (s *session) tick(now time.Time) error {
 	r := s.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !s.registered && now.Sub(s.started) >= registerTimeout {
+		return fmt.Errorf("%w: not registered within %s of connecting", ErrProtocol, registerTimeout)
+	}
+	if quiet := now.Sub(s.lastHeard()); r.silence > 0 && quiet >= r.silence {
+		return fmt.Errorf("%w: nothing from the broker for %s", ErrSilent, quiet.Round(time.Second))
+	}
 	s.offers.prune(now)
 	r.topUpLocked(s)
 
@@ -190,6 +231,20 @@ func (s *session) tick(now time.Time) {
 		default:
 		}
 	}
+	return nil
+}
+
+// lastHeard returns when the broker was last heard from: a frame, a ping
+// (where the connection reports pings) or the connection's start.
+func (s *session) lastHeard() time.Time {
+	last := s.started
+	if n := s.lastRead.Load(); n != 0 {
+		last = time.Unix(0, n)
+	}
+	if p, ok := s.conn.(interface{ lastPing() time.Time }); ok && p.lastPing().After(last) {
+		last = p.lastPing()
+	}
+	return last
 }
 
 // send queues a message. Urgent frames (offers and accept answers) go out
