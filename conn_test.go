@@ -243,3 +243,54 @@ func TestFramesOverMaxPayload(t *testing.T) {
 	require.NotNil(t, out.Done)
 	assert.Contains(t, logs.String(), "N8N_RUNNERS_MAX_PAYLOAD", "the log names the setting")
 }
+
+func TestManyLargeResultsDoNotDelayAccepts(t *testing.T) {
+	t.Parallel()
+	// 100 × 900 KiB under a 1 MiB limit; under the race detector, which
+	// slows encoding tenfold, 20 of them (CI also runs this test without it).
+	tasks, size := 100, 900<<10
+	if raceEnabled {
+		tasks = 20
+	}
+	b := brokertest.New()
+	defer b.Close()
+	cfg := wsConfig(b.StartServer())
+	cfg.MaxPayload = 1 << 20
+	cfg.MaxConcurrency = tasks
+	r, err := n8nrunner.New(cfg)
+	require.NoError(t, err)
+	big := strings.Repeat("r", size)
+	r.HandleFunc("python", func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
+		return n8nrunner.Result{Value: big}, nil
+	})
+	stop := runWS(t, r)
+	defer stop()
+	ctx := testContext(t)
+	require.NoError(t, b.WaitRegistered(ctx, r.ID()))
+
+	reqs := make([]*brokertest.Request, tasks)
+	for i := range reqs {
+		reqs[i] = b.Submit("python", i)
+	}
+	for _, req := range reqs {
+		out, err := req.Wait(ctx)
+		require.NoError(t, err)
+		require.NotNil(t, out.Done, "outcome %+v", out)
+		assert.Len(t, out.Done.Result, size+2)
+	}
+
+	// Accept answers go out before queued results: none waited anywhere
+	// near the broker's 2 s window.
+	sent := map[string]time.Time{}
+	var worst time.Duration
+	for _, f := range b.Frames() {
+		switch m := f.Message.(type) {
+		case n8nrunner.BrokerTaskOfferAccept:
+			sent[m.TaskID] = f.Time
+		case n8nrunner.RunnerTaskAccepted:
+			worst = max(worst, f.Time.Sub(sent[m.TaskID]))
+		}
+	}
+	t.Logf("slowest accept answer: %s", worst)
+	assert.Less(t, worst, time.Second)
+}

@@ -387,10 +387,7 @@ func (r *Runner) outcomeFrame(t *Task, res Result, err error) []byte {
 	if encErr != nil {
 		return errorFrame(t.ID, encErr)
 	}
-	frame, encErr := Encode(m)
-	if encErr != nil {
-		return errorFrame(t.ID, encErr)
-	}
+	frame := doneFrame(m)
 	if int64(len(frame)) > r.cfg.MaxPayload {
 		return errorFrame(t.ID, fmt.Errorf("n8nrunner: task result of %d bytes is over the "+
 			"N8N_RUNNERS_MAX_PAYLOAD limit of %d bytes", len(frame), r.cfg.MaxPayload))

@@ -207,11 +207,37 @@ func doneMessage(taskID string, res Result) (RunnerTaskDone, error) {
 	return m, nil
 }
 
+// marshalValue encodes v; a json.RawMessage is checked, not re-encoded.
 func marshalValue(v any) (json.RawMessage, error) {
 	if raw, ok := v.(json.RawMessage); ok && raw != nil {
+		if !json.Valid(raw) {
+			return nil, errors.New("json.RawMessage is not valid JSON")
+		}
 		return raw, nil
 	}
 	return json.Marshal(v)
+}
+
+// doneFrame renders a runner:taskdone frame as [Encode] would, without
+// encoding the result a second time: results can be large, and every part
+// of m is valid JSON already.
+func doneFrame(m RunnerTaskDone) []byte {
+	id, _ := json.Marshal(m.TaskID) // a string always encodes
+	d := m.Data
+	buf := make([]byte, 0, len(d.Result)+len(d.CustomData)+len(d.StaticData)+len(id)+96)
+	buf = append(buf, `{"type":"`+TypeRunnerTaskDone+`","taskId":`...)
+	buf = append(buf, id...)
+	buf = append(buf, `,"data":{"result":`...)
+	buf = append(buf, d.Result...)
+	if d.CustomData != nil {
+		buf = append(buf, `,"customData":`...)
+		buf = append(buf, d.CustomData...)
+	}
+	if d.StaticData != nil {
+		buf = append(buf, `,"staticData":`...)
+		buf = append(buf, d.StaticData...)
+	}
+	return append(buf, "}}"...)
 }
 
 // errorFrame builds the runner:taskerror frame for err: an object with a
