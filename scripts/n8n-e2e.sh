@@ -9,6 +9,15 @@
 # which returns every input item with "echoedBy": "n8nrunner" added, and the script checks
 # that this is what the webhook answers.
 #
+# Then it restarts n8n under the running runner: SIGTERM to n8n (the runner must get
+# broker:drain and a close, and keep running), n8n down for N8N_E2E_DOWN seconds (the
+# runner's dial attempts fail meanwhile), n8n started again on the same user folder,
+# database and auth token. The runner must register again by itself within
+# N8N_E2E_REREGISTER seconds of n8n being ready, and the webhooks must answer as before. The
+# script prints how n8n answered while it shut down, how long the drain took, how long the
+# runner took to come back and how many retry warnings it logged. Last, neither the auth
+# token nor anything shaped like a grant token (64 hex digits) may appear in the runner log.
+#
 # Usage (from anywhere):
 #
 #   scripts/n8n-e2e.sh
@@ -27,6 +36,8 @@
 #   N8N_E2E_BROKER_PORT  the task broker's port (default 5679)
 #   N8N_E2E_TIMEOUT      seconds to wait for n8n to come up (default 180)
 #   N8N_E2E_ROUNDS       extra round trips timed after the checks (default 20)
+#   N8N_E2E_DOWN         seconds n8n stays down in the restart phase (default 5)
+#   N8N_E2E_REREGISTER   seconds the runner gets to register again once n8n is back (default 60)
 #   N8N_E2E_KEEP=1       keep the temporary directory even on PASS
 #
 # Every server binds to 127.0.0.1; the n8n settings below turn off everything in n8n that
@@ -39,9 +50,14 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${N8N_E2E_BROKER_PORT:=5679}"
 : "${N8N_E2E_TIMEOUT:=180}"
 : "${N8N_E2E_ROUNDS:=20}"
+: "${N8N_E2E_DOWN:=5}"
+: "${N8N_E2E_REREGISTER:=60}"
 : "${N8N_E2E_KEEP:=0}"
-case "$N8N_E2E_PORT$N8N_E2E_BROKER_PORT$N8N_E2E_TIMEOUT$N8N_E2E_ROUNDS" in
-*[!0-9]*) echo "n8n-e2e: N8N_E2E_PORT, _BROKER_PORT, _TIMEOUT and _ROUNDS must be numbers" >&2; exit 2 ;;
+case "$N8N_E2E_PORT$N8N_E2E_BROKER_PORT$N8N_E2E_TIMEOUT$N8N_E2E_ROUNDS$N8N_E2E_DOWN$N8N_E2E_REREGISTER" in
+*[!0-9]*)
+  echo "n8n-e2e: N8N_E2E_PORT, _BROKER_PORT, _TIMEOUT, _ROUNDS, _DOWN and _REREGISTER must be numbers" >&2
+  exit 2
+  ;;
 esac
 export N8N_E2E_DIR
 workflows="$root/scripts/testdata/echo-workflows.json"
@@ -58,12 +74,15 @@ fail() {
   exit 1
 }
 
-# now_ms prints the wall clock in milliseconds; since_ms START prints seconds since START.
+# now_ms prints the wall clock in milliseconds; fmt_ms MS prints MS milliseconds (maybe
+# negative) as seconds; since_ms START prints the seconds since START.
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-since_ms() {
-  local d=$(($(now_ms) - $1))
-  printf '%d.%03ds' $((d / 1000)) $((d % 1000))
+fmt_ms() {
+  local d=$1 sign=""
+  [ "$d" -ge 0 ] || { sign=-; d=$((-d)); }
+  printf '%s%d.%03ds' "$sign" $((d / 1000)) $((d % 1000))
 }
+since_ms() { fmt_ms $(($(now_ms) - $1)); }
 
 # ms SECONDS prints a fractional number of seconds (curl's %{time_total}) as milliseconds.
 ms() { LC_ALL=C awk -v s="$1" 'BEGIN { printf "%.0f ms", s * 1000 }'; }
@@ -191,7 +210,8 @@ export N8N_ENFORCE_SETTINGS_FILE_PERMISSIONS=false
 export TMPDIR="$tmp/tmp"
 mkdir -p "$N8N_USER_FOLDER" "$TMPDIR"
 
-n8n() { node "$n8n_bin" "$@"; }
+# n8n runs one n8n CLI command; none may take more than five minutes.
+n8n() { timeout 300 node "$n8n_bin" "$@"; }
 
 # --- import and publish, then start -------------------------------------------------------
 # import:workflow leaves every workflow it imports inactive and publish:workflow marks one
@@ -206,27 +226,44 @@ done
 t_import=$(since_ms "$t")
 log "imported and published $(echo "$ids" | wc -w) workflows in $t_import"
 
-t=$(now_ms)
-# Not through the n8n function: "$!" has to be node's own PID, not a subshell's.
-node "$n8n_bin" start >"$tmp/n8n.log" 2>&1 &
-n8n_pid=$!
-log "n8n started (PID $n8n_pid), waiting for the broker and /healthz/readiness"
-broker_up="" ready=""
-deadline=$(($(now_ms) + N8N_E2E_TIMEOUT * 1000))
-while [ -z "$broker_up" ] || [ -z "$ready" ]; do
-  gone "$n8n_pid" n8n
-  [ "$(now_ms)" -lt "$deadline" ] || fail "n8n not ready after ${N8N_E2E_TIMEOUT}s"
-  if [ -z "$broker_up" ] &&
-    curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$N8N_E2E_BROKER_PORT/healthz" 2>/dev/null; then
-    broker_up=$(since_ms "$t")
-  fi
-  if [ -z "$ready" ] &&
-    curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$N8N_E2E_PORT/healthz/readiness" 2>/dev/null; then
-    ready=$(since_ms "$t")
-  fi
-  sleep 0.2
-done
-log "n8n $(node -p 'require(process.argv[1]).version' "${n8n_bin%/bin/n8n}/package.json"): broker up after $broker_up, ready after $ready"
+# registrations prints how many times n8n.log says a runner registered.
+registrations() { grep -c 'Registered runner' "$tmp/n8n.log" || true; }
+
+# start_n8n starts n8n with the environment above, appending to n8n.log, and waits until its
+# broker and /healthz/readiness answer. It sets n8n_pid, broker_up and ready (times since the
+# start, for printing) and broker_at and ready_at (now_ms stamps). If reg_base is set, it
+# also sets reg_at to the moment n8n.log first holds more "Registered runner" lines than that.
+reg_base="" reg_at=""
+start_n8n() {
+  local t deadline
+  t=$(now_ms)
+  # Not through the n8n function: "$!" has to be node's own PID, not a subshell's.
+  node "$n8n_bin" start >>"$tmp/n8n.log" 2>&1 &
+  n8n_pid=$!
+  log "n8n started (PID $n8n_pid), waiting for the broker and /healthz/readiness"
+  broker_up="" ready="" broker_at="" ready_at=""
+  deadline=$((t + N8N_E2E_TIMEOUT * 1000))
+  while [ -z "$broker_up" ] || [ -z "$ready" ]; do
+    gone "$n8n_pid" n8n
+    [ "$(now_ms)" -lt "$deadline" ] || fail "n8n not ready after ${N8N_E2E_TIMEOUT}s"
+    if [ -z "$broker_up" ] &&
+      curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$N8N_E2E_BROKER_PORT/healthz" 2>/dev/null; then
+      broker_at=$(now_ms)
+      broker_up=$(fmt_ms $((broker_at - t)))
+    fi
+    if [ -z "$ready" ] &&
+      curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$N8N_E2E_PORT/healthz/readiness" 2>/dev/null; then
+      ready_at=$(now_ms)
+      ready=$(fmt_ms $((ready_at - t)))
+    fi
+    if [ -n "$reg_base" ] && [ -z "$reg_at" ] && [ "$(registrations)" -gt "$reg_base" ]; then
+      reg_at=$(now_ms)
+    fi
+    sleep 0.1
+  done
+  log "n8n $(node -p 'require(process.argv[1]).version' "${n8n_bin%/bin/n8n}/package.json"): broker up after $broker_up, ready after $ready"
+}
+start_n8n
 
 # One grant request tells a wrong token apart from a runner problem later on.
 curl -fsS -m 5 -X POST -H 'Content-Type: application/json' -d "{\"token\":\"$token\"}" \
@@ -347,9 +384,155 @@ if [ "${#times[@]}" -gt 0 ]; then
 fi
 
 gone "$runner_pid" "the echo runner"
+t_start=$ready t_broker=$broker_up
 
-log "timings: install $t_install, import + publish $t_import, n8n start $ready" \
-  "(broker $broker_up), runner build $t_build, runner registered $t_register," \
+# --- restart: n8n goes away and comes back; the runner has to find it again by itself ------
+
+# http_probe CURL-ARGS... prints the HTTP status of one request, or how it failed.
+http_probe() {
+  local code rc=0
+  code=$(curl -s -m 1 -o /dev/null -w '%{http_code}' "$@" 2>/dev/null) || rc=$?
+  case $rc in
+  0) echo "$code" ;;
+  7) echo refused ;;
+  28) echo timeout ;;
+  52) echo "empty reply" ;;
+  56) echo reset ;;
+  *) echo "curl error $rc" ;;
+  esac
+}
+
+# probe_n8n prints how n8n's endpoints answer right now.
+probe_n8n() {
+  echo "broker: runners/auth $(http_probe -X POST -H 'Content-Type: application/json' \
+    -d "{\"token\":\"$token\"}" "http://127.0.0.1:$N8N_E2E_BROKER_PORT/runners/auth")," \
+    "healthz $(http_probe "http://127.0.0.1:$N8N_E2E_BROKER_PORT/healthz");" \
+    "n8n: readiness $(http_probe "http://127.0.0.1:$N8N_E2E_PORT/healthz/readiness")," \
+    "healthz $(http_probe "http://127.0.0.1:$N8N_E2E_PORT/healthz")"
+}
+
+# line_ms LINE prints the time of a runner log line (slog's time= field) as a now_ms stamp.
+line_ms() {
+  local ts
+  ts=$(sed -n 's/^time=\([^ ]*\) .*/\1/p' <<<"$1")
+  [ -n "$ts" ] || ts=now
+  date -d "$ts" +%s%3N
+}
+
+# check_secrets fails the run if the runner log holds the auth token or anything shaped like
+# a grant token (64 hex digits), without printing it.
+check_secrets() {
+  local n
+  if grep -qF "$token" "$tmp/runner.log"; then
+    fail "the runner log contains the auth token (line $(grep -nF -m 1 "$token" "$tmp/runner.log" | cut -d: -f1))"
+  fi
+  n=$(grep -nE -m 1 '[0-9a-fA-F]{64}' "$tmp/runner.log" | cut -d: -f1 || true)
+  [ -z "$n" ] || fail "the runner log contains 64 hex digits in a row, a grant token's shape (line $n)"
+}
+
+check_secrets
+reg_first=$(registrations)
+from=$(($(wc -l <"$tmp/runner.log") + 1))
+log "restart: SIGTERM to n8n (PID $n8n_pid); the runner (PID $runner_pid) has to stay up"
+t_term=$(now_ms)
+kill -TERM "$n8n_pid"
+last=""
+while kill -0 "$n8n_pid" 2>/dev/null; do
+  if [ "$(now_ms)" -ge $((t_term + 30000)) ]; then
+    kill -KILL "$n8n_pid" 2>/dev/null || true
+    fail "n8n still running 30s after SIGTERM"
+  fi
+  gone "$runner_pid" "the echo runner"
+  t=$(now_ms)
+  p=$(probe_n8n)
+  [ "$p" = "$last" ] || log "  +$(fmt_ms $((t - t_term))) $p"
+  last=$p
+  sleep 0.05
+done
+st=0
+wait "$n8n_pid" 2>/dev/null || st=$?
+t_exit=$(now_ms)
+log "  +$(fmt_ms $((t_exit - t_term))) n8n exited (status $st); now $(probe_n8n)"
+t_stop=$(fmt_ms $((t_exit - t_term)))
+
+# The runner must have had broker:drain before the close: then its connection ends with
+# ErrDrained ("broker drained and closed the connection") and it reconnects.
+gone "$runner_pid" "the echo runner"
+ended=$(tail -n "+$from" "$tmp/runner.log" | grep -m 1 'connection to broker ended' || true)
+[ -n "$ended" ] || fail "the runner logged no end of its connection while n8n shut down"
+case $ended in
+*"broker drained and closed the connection"*) ;;
+*) fail "the runner's connection ended without broker:drain: $ended" ;;
+esac
+t_drain=$(fmt_ms $(($(line_ms "$ended") - t_term)))
+log "runner: drained and closed $t_drain after SIGTERM, reconnecting; n8n exited after $t_stop"
+reg_base=$(registrations)
+if [ "$reg_base" != "$reg_first" ]; then
+  log "note: n8n registered the runner $((reg_base - reg_first)) more time(s) while it shut down"
+fi
+
+log "keeping n8n down for ${N8N_E2E_DOWN}s"
+until [ "$(now_ms)" -ge $((t_exit + N8N_E2E_DOWN * 1000)) ]; do
+  gone "$runner_pid" "the echo runner"
+  sleep 0.1
+done
+
+printf '\n----- n8n-e2e: n8n restarted -----\n\n' >>"$tmp/n8n.log"
+reg_at=""
+start_n8n
+deadline=$((ready_at + N8N_E2E_REREGISTER * 1000))
+until [ -n "$reg_at" ]; do
+  if [ "$(registrations)" -gt "$reg_base" ]; then
+    reg_at=$(now_ms)
+    break
+  fi
+  gone "$runner_pid" "the echo runner"
+  gone "$n8n_pid" n8n
+  [ "$(now_ms)" -lt "$deadline" ] ||
+    fail "the runner did not register again within ${N8N_E2E_REREGISTER}s of n8n being ready"
+  sleep 0.05
+done
+to=$(wc -l <"$tmp/runner.log")
+window=$(sed -n "${from},${to}p" "$tmp/runner.log")
+n_ended=$(grep -c 'connection to broker ended; reconnecting' <<<"$window" || true)
+n_failed=$(grep -c 'connect to broker failed; retrying' <<<"$window" || true)
+# The broker listens a few seconds before n8n is ready: the runner may register in between.
+if [ "$reg_at" -ge "$ready_at" ]; then
+  t_reregister="$(fmt_ms $((reg_at - ready_at))) after"
+else
+  t_reregister="$(fmt_ms $((ready_at - reg_at))) before"
+fi
+log "n8n: $(grep -o 'Registered runner.*[^ ]' "$tmp/n8n.log" | tail -n 1), $t_reregister n8n" \
+  "was ready again ($(fmt_ms $((reg_at - broker_at))) after its broker, $(fmt_ms $((reg_at - t_term)))" \
+  "after SIGTERM)"
+check_secrets
+log "runner warnings from SIGTERM to registered again: $n_ended \"connection to broker ended;" \
+  "reconnecting\", $n_failed \"connect to broker failed; retrying\""
+attempts=""
+while IFS= read -r line; do
+  attempts+=" +$(fmt_ms $(($(line_ms "$line") - t_term)))"
+done < <(grep -E 'connect to broker failed|connection to broker ended' <<<"$window")
+log "  at (after SIGTERM):$attempts"
+sed -nE 's/.*msg="n8nrunner: (connect to broker failed|connection to broker ended)[^"]*" error=("([^"\\]|\\.)*"|[^ ]*).*/\1: \2/p' \
+  <<<"$window" | sed 's/\\"/"/g' | sort | uniq -c | while IFS= read -r line; do log "  $line"; done
+# Full jitter doubling from 500 ms waits about 15 s in all over the first six attempts; a
+# runner that retries in a tight loop would log hundreds.
+[ "$n_failed" -le 100 ] || fail "the runner retried $n_failed times while n8n was away: a tight loop"
+
+t=$(now_ms)
+call webhook-item n8nrunner-e2e-python '{"after":"restart","n":2,"nested":{"list":[]}}'
+call split-items n8nrunner-e2e-python-items '{"items":[{"id":"after-restart"},{"id":5,"ok":false}]}'
+t_checks2=$(since_ms "$t")
+
+gone "$runner_pid" "the echo runner"
+check_secrets
+
+log "timings: install $t_install, import + publish $t_import, n8n start $t_start" \
+  "(broker $t_broker), runner build $t_build, runner registered $t_register," \
   "the two checked calls $t_checks"
 [ -z "$rounds" ] || log "round trip over ${#times[@]} calls: $rounds"
+log "restart: runner drained and closed $t_drain after SIGTERM, n8n exited after $t_stop," \
+  "down ${N8N_E2E_DOWN}s, n8n start $ready (broker $broker_up), runner registered again" \
+  "$t_reregister n8n was ready, $n_ended + $n_failed reconnect warnings, the two checked" \
+  "calls after the restart $t_checks2"
 passed=1
