@@ -165,12 +165,12 @@ func TestOneShotGrantSurvivesAFailedConnect(t *testing.T) {
 
 func TestPingsAreAnsweredWhileEverySlotComputes(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(brokertest.WithHeartbeat(250 * time.Millisecond))
+	b := brokertest.New(brokertest.WithHeartbeat(500 * time.Millisecond))
 	defer b.Close()
 	r, err := n8nrunner.New(wsConfig(b.StartServer()))
 	require.NoError(t, err)
 	r.HandleFunc("python", func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
-		n, end := 0, time.Now().Add(700*time.Millisecond)
+		n, end := 0, time.Now().Add(1200*time.Millisecond)
 		for time.Now().Before(end) { // CPU-bound, never yields on purpose
 			n++
 		}

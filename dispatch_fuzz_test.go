@@ -32,7 +32,7 @@ func (c *frameFeed) Read(ctx context.Context) ([]byte, error) {
 }
 
 func (c *frameFeed) Write(context.Context, []byte) error { return nil }
-func (c *frameFeed) Close(int, string) error               { return nil }
+func (c *frameFeed) Close(int, string) error             { return nil }
 
 // FuzzDispatch feeds a registered runner arbitrary frames, one a line:
 // nothing may panic, the capacity invariant must hold after every frame,

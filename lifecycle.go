@@ -46,6 +46,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	if err := r.start(); err != nil {
 		return err
 	}
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	r.mu.Lock()
+	r.runCtx = runCtx
+	r.mu.Unlock()
 	defer r.finish()
 
 	attempt := 0
@@ -73,7 +78,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.log.Warn("n8nrunner: connection to broker ended; reconnecting", "error", end.err)
 		}
 
-		if !sleep(ctx, r.backoff.delay(attempt)) {
+		if !r.wait(ctx, r.backoff.delay(attempt)) {
 			return nil
 		}
 		attempt++
@@ -86,8 +91,18 @@ func permanent(err error) bool {
 		errors.Is(err, ErrNotBroker) || errors.Is(err, ErrGrantSpent) || errors.Is(err, ErrNoToken)
 }
 
-// sleep waits for d or until ctx is done; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
+// wait waits for d before the next connection attempt, or until ctx is
+// done; it reports whether d passed.
+func (r *Runner) wait(ctx context.Context, d time.Duration) bool {
+	r.mu.Lock()
+	r.backoffNow = d
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.backoffNow = 0
+		r.mu.Unlock()
+	}()
+
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
@@ -136,6 +151,9 @@ func (r *Runner) serve(ctx context.Context, conn Conn) sessionEnd {
 	s := newSession(r, conn)
 	r.mu.Lock()
 	r.sess = s
+	if r.counters.Connections++; r.counters.Connections > 1 {
+		r.counters.Reconnects++
+	}
 	r.mu.Unlock()
 
 	s.wg.Add(3)
@@ -252,6 +270,7 @@ func (r *Runner) abandonTasks() bool {
 	for _, t := range r.tasks {
 		switch t.state {
 		case taskWaiting:
+			r.countOutcomeLocked(OutcomeShutdown)
 			r.removeTaskLocked(t)
 			t.cancel(ErrShutdown)
 		case taskRunning:
@@ -278,6 +297,7 @@ func (r *Runner) dropTasks(s *session) {
 		}
 		switch t.state {
 		case taskWaiting:
+			r.countOutcomeLocked(OutcomeDisconnected)
 			r.removeTaskLocked(t)
 		case taskRunning:
 			t.state = taskSilenced

@@ -96,6 +96,16 @@ func (p *offerPool) prune(now time.Time) int {
 	return n
 }
 
+// anyOf returns an open offer of taskType, or nil.
+func (p *offerPool) anyOf(taskType string) *offer {
+	for _, o := range p.byID {
+		if o.taskType == taskType {
+			return o
+		}
+	}
+	return nil
+}
+
 // clear forgets every offer.
 func (p *offerPool) clear() {
 	clear(p.byID)

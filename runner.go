@@ -52,6 +52,7 @@ type Runner struct {
 	drainWait    bool
 	silence      time.Duration
 	silenceSet   bool
+	hooks        Hooks
 
 	// wg counts every goroutine Run starts: connection loops, handlers and
 	// timer callbacks.
@@ -67,9 +68,22 @@ type Runner struct {
 	started    bool
 	running    bool
 	stopping   bool
+	paused     bool
 	sess       *session
 	tasks      map[string]*Task
+	busy       map[string]int // tasks in the table per type
+	maxConc    int
+	typeCap    map[string]int // a type's own limit; 0 or absent: none
 	lastActive time.Time
+	lastTick   time.Time
+	backoffNow time.Duration
+	counters   Counters
+
+	// Lazy start (WithLazyStart); the state is guarded by mu.
+	lazy       func(context.Context) error
+	lazyState  int
+	deferredAt map[string]time.Time
+	runCtx     context.Context // ends when Run returns
 }
 
 // An Option configures a [Runner] with the wiring that has no n8n
@@ -148,13 +162,18 @@ func New(cfg Config, opts ...Option) (*Runner, error) {
 		return nil, err
 	}
 	r := &Runner{
-		cfg:       cfg,
-		id:        cfg.RunnerID,
-		name:      "Go Task Runner",
-		log:       slog.Default(),
-		handlers:  make(map[string]Handler),
-		taskEnded: make(chan struct{}, 1),
-		tasks:     make(map[string]*Task),
+		cfg:        cfg,
+		id:         cfg.RunnerID,
+		name:       "Go Task Runner",
+		log:        slog.Default(),
+		handlers:   make(map[string]Handler),
+		taskEnded:  make(chan struct{}, 1),
+		tasks:      make(map[string]*Task),
+		busy:       make(map[string]int),
+		maxConc:    cfg.MaxConcurrency,
+		typeCap:    make(map[string]int),
+		deferredAt: make(map[string]time.Time),
+		runCtx:     context.Background(),
 	}
 	for _, opt := range opts {
 		opt(r)
@@ -204,33 +223,6 @@ func (r *Runner) HandleFunc(taskType string, f func(ctx context.Context, t *Task
 	r.Handle(taskType, HandlerFunc(f))
 }
 
-// topUpLocked sends offers until open offers plus tasks reach the maximum
-// concurrency, spreading them over the task types.
-func (r *Runner) topUpLocked(s *session) {
-	if s == nil || !s.registered || s.draining || r.stopping || s.ctx.Err() != nil {
-		return
-	}
-	need := r.cfg.MaxConcurrency - s.offers.len() - len(r.tasks)
-	now := time.Now()
-	for range need {
-		taskType := r.leastOfferedTypeLocked(s)
-		validFor := offerValidity()
-		o := &offer{id: gonanoid.Must(), taskType: taskType, expires: now.Add(validFor + offerGrace)}
-		s.offers.add(o)
-		s.send(RunnerTaskOffer{OfferID: o.id, TaskType: taskType, ValidFor: validFor.Milliseconds()}, true)
-	}
-}
-
-func (r *Runner) leastOfferedTypeLocked(s *session) string {
-	best := r.types[0]
-	for _, t := range r.types[1:] {
-		if s.offers.count(t) < s.offers.count(best) {
-			best = t
-		}
-	}
-	return best
-}
-
 // acceptLocked answers a broker:taskofferaccept, checking in the order of
 // n8n's JavaScript runner: shutting down, at capacity, offer unknown or
 // expired. The offer is consumed whatever the answer, as the broker has
@@ -241,12 +233,16 @@ func (r *Runner) acceptLocked(s *session, m BrokerTaskOfferAccept) Message {
 	switch {
 	case r.stopping || s.draining:
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectShuttingDown}
-	case len(r.tasks) >= r.cfg.MaxConcurrency:
+	case len(r.tasks) >= r.maxConc:
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectAtCapacity}
 	case o == nil || !now.Before(o.expires):
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectOfferExpired}
+	case r.freeLocked(o.taskType) == 0:
+		return RunnerTaskRejected{TaskID: m.TaskID, Reason: RejectAtCapacity}
 	case r.tasks[m.TaskID] != nil:
 		return RunnerTaskRejected{TaskID: m.TaskID, Reason: "Task already accepted"}
+	case !r.readyLocked():
+		return r.deferLocked(o.taskType, m.TaskID)
 	}
 
 	t := &Task{ID: m.TaskID, Type: o.taskType, r: r, sess: s, accepted: now}
@@ -258,6 +254,7 @@ func (r *Runner) acceptLocked(s *session, m BrokerTaskOfferAccept) Message {
 		cancelDeadline()
 	}
 	r.tasks[t.ID] = t
+	r.busy[t.Type]++
 	r.lastActive = now
 	r.armTimerLocked(t, min(settingsWait, r.cfg.TaskTimeout))
 	return RunnerTaskAccepted{TaskID: m.TaskID}
@@ -301,6 +298,7 @@ func (r *Runner) expire(t *Task, gen int) {
 			msg = timeoutMessage(r.cfg.TaskTimeout)
 		}
 		r.sendErrorLocked(t, msg)
+		r.countOutcomeLocked(OutcomeTimeout)
 		r.removeTaskLocked(t)
 		t.cancel(ErrTaskTimeout)
 	case taskRunning:
@@ -335,6 +333,7 @@ func (r *Runner) cancelLocked(s *session, m BrokerTaskCancel) {
 	}
 	switch t.state {
 	case taskWaiting:
+		r.countOutcomeLocked(OutcomeCancelled)
 		r.removeTaskLocked(t)
 		t.cancel(&CancelError{Reason: m.Reason})
 	case taskRunning:
@@ -346,35 +345,83 @@ func (r *Runner) cancelLocked(s *session, m BrokerTaskCancel) {
 // execute runs a task's handler and reports its outcome.
 func (r *Runner) execute(t *Task, h Handler) {
 	defer r.wg.Done()
-	res, err := r.invoke(t, h)
+	res, err, panicked := r.invoke(t, h)
 	frame := r.outcomeFrame(t, res, err)
 
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	outcome := r.outcomeLocked(t, err)
 	switch {
 	case t.state != taskRunning:
 		// Cancelled, or already reported by the timer or the shutdown.
-	case errors.Is(context.Cause(t.ctx), ErrTaskTimeout):
+	case outcome == OutcomeTimeout:
 		// The deadline passed before the timer callback got the lock;
 		// whatever the handler returned came too late.
 		r.sendErrorLocked(t, timeoutMessage(r.cfg.TaskTimeout))
 	default:
 		t.sess.sendFrame(frame, false)
 	}
+	if panicked {
+		r.counters.Panics++
+	}
+	r.countOutcomeLocked(outcome)
 	r.removeTaskLocked(t)
 	t.cancel(context.Canceled)
+	r.mu.Unlock()
+
+	if f := r.hooks.OnTaskEnd; f != nil {
+		f(TaskEnd{ID: t.ID, Type: t.Type, Outcome: outcome, Duration: time.Since(t.accepted)})
+	}
+}
+
+// outcomeLocked classifies how a task that ran ended.
+func (r *Runner) outcomeLocked(t *Task, err error) Outcome {
+	cause := context.Cause(t.ctx)
+	var ce *CancelError
+	switch {
+	case errors.Is(cause, ErrTaskTimeout):
+		return OutcomeTimeout
+	case t.state == taskRunning && err != nil:
+		return OutcomeFailed
+	case t.state == taskRunning:
+		return OutcomeDone
+	case errors.As(cause, &ce):
+		return OutcomeCancelled
+	case errors.Is(cause, ErrShutdown):
+		return OutcomeShutdown
+	}
+	return OutcomeDisconnected
+}
+
+func (r *Runner) countOutcomeLocked(o Outcome) {
+	c := &r.counters
+	switch o {
+	case OutcomeDone:
+		c.TasksDone++
+	case OutcomeFailed:
+		c.TasksFailed++
+	case OutcomeCancelled:
+		c.TasksCancelled++
+	case OutcomeTimeout:
+		c.TasksTimedOut++
+	case OutcomeShutdown:
+		c.TasksShutdown++
+	case OutcomeDisconnected:
+		c.TasksDisconnected++
+	}
 }
 
 // invoke calls the handler, turning a panic into an error.
-func (r *Runner) invoke(t *Task, h Handler) (res Result, err error) {
+func (r *Runner) invoke(t *Task, h Handler) (res Result, err error, panicked bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			r.log.Error("n8nrunner: task handler panicked",
 				"task", t.ID, "type", t.Type, "panic", v, "stack", string(stack()))
 			err = &TaskError{Message: fmt.Sprintf("Task handler panicked: %v", v)}
+			panicked = true
 		}
 	}()
-	return h.ServeTask(t.ctx, t)
+	res, err = h.ServeTask(t.ctx, t)
+	return res, err, false
 }
 
 // outcomeFrame encodes a handler's outcome. It runs outside the lock, as
@@ -404,6 +451,7 @@ func (r *Runner) removeTaskLocked(t *Task) {
 	r.stopTimerLocked(t)
 	t.state = taskEnded
 	delete(r.tasks, t.ID)
+	r.busy[t.Type]--
 	r.lastActive = time.Now()
 	select {
 	case r.taskEnded <- struct{}{}:

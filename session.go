@@ -147,7 +147,9 @@ func (s *session) dispatch(frame []byte) error {
 		r.lastActive = time.Now()
 		r.topUpLocked(s)
 	case BrokerTaskOfferAccept:
-		s.send(r.acceptLocked(s, m), true)
+		answer := r.acceptLocked(s, m)
+		r.countAnswerLocked(answer)
+		s.sendAnswer(answer)
 		r.topUpLocked(s)
 	case BrokerTaskSettings:
 		r.settingsLocked(s, m)
@@ -186,6 +188,9 @@ func (s *session) writeLoop() {
 			s.end(err)
 			return
 		}
+		if !it.acceptRead.IsZero() {
+			s.answered(time.Since(it.acceptRead))
+		}
 	}
 }
 
@@ -221,7 +226,12 @@ func (s *session) tick(now time.Time) error {
 	if quiet := now.Sub(s.lastHeard()); r.silence > 0 && quiet >= r.silence {
 		return fmt.Errorf("%w: nothing from the broker for %s", ErrSilent, quiet.Round(time.Second))
 	}
-	s.offers.prune(now)
+	if late := now.Sub(r.lastTick) - offerInterval; !r.lastTick.IsZero() && late > time.Second {
+		r.counters.LateTicks++
+		r.log.Warn("n8nrunner: offer loop running late; the process may be starved", "late", late)
+	}
+	r.lastTick = now
+	r.counters.OffersExpired += uint64(s.offers.prune(now))
 	r.topUpLocked(s)
 
 	idle := r.cfg.AutoShutdownTimeout
@@ -232,6 +242,24 @@ func (s *session) tick(now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// lastHeardFrame returns when the broker's last frame arrived, or zero.
+func (s *session) lastHeardFrame() time.Time {
+	if n := s.lastRead.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// lastPing returns when the broker last pinged, if the connection tells.
+func (s *session) lastPing() time.Time {
+	if p, ok := s.conn.(interface{ lastPing() time.Time }); ok {
+		if t := p.lastPing(); t.UnixNano() > 0 {
+			return t
+		}
+	}
+	return time.Time{}
 }
 
 // lastHeard returns when the broker was last heard from: a frame, a ping
@@ -291,6 +319,32 @@ type outbox struct {
 type outItem struct {
 	frame   []byte
 	flushed chan struct{}
+	// acceptRead is when the accept this frame answers arrived.
+	acceptRead time.Time
+}
+
+// sendAnswer queues the answer to an accept, timing it from now.
+func (s *session) sendAnswer(m Message) {
+	frame, err := Encode(m)
+	if err != nil {
+		s.r.log.Error("n8nrunner: encode frame", "type", m.MessageType(), "error", err)
+		return
+	}
+	s.out.push(outItem{frame: frame, acceptRead: time.Now()}, true)
+}
+
+// answered records how long an accept waited for its answer to be written.
+func (s *session) answered(d time.Duration) {
+	r := s.r
+	if d > time.Second {
+		r.mu.Lock()
+		r.counters.LateAccepts++
+		r.mu.Unlock()
+		r.log.Warn("n8nrunner: accept answered late; n8n gives up after 2 s", "after", d)
+	}
+	if f := r.hooks.OnAccept; f != nil {
+		f(d)
+	}
 }
 
 func (o *outbox) push(it outItem, urgent bool) {
