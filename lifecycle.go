@@ -38,7 +38,8 @@ import (
 //     [*StatusError] wrapping [ErrAuthRejected], [ErrGrantRejected] or
 //     [ErrNotBroker], or [ErrGrantSpent]; without reconnection, any dial
 //     error, such as one wrapping [ErrUnreachable];
-//   - [ErrNoHandlers] or [ErrRunning] when it cannot start.
+//   - [ErrNoHandlers] or [ErrRunning] when it cannot start, or the
+//     health-check server's listen error, such as a port in use.
 //
 // Invalid configuration is reported by [New], never by Run. A Runner may
 // be run again after Run returns.
@@ -47,11 +48,25 @@ func (r *Runner) Run(ctx context.Context) error {
 		return err
 	}
 	runCtx, cancelRun := context.WithCancel(ctx)
-	defer cancelRun()
+	defer func() {
+		cancelRun()
+		r.finish()
+	}()
 	r.mu.Lock()
 	r.runCtx = runCtx
 	r.mu.Unlock()
-	defer r.finish()
+
+	health, err := r.listenHealth()
+	if err != nil {
+		return err
+	}
+	if health != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serveHealth(runCtx, health)
+		}()
+	}
 
 	attempt := 0
 	for {
