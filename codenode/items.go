@@ -43,15 +43,20 @@ func PairedItem(i int) json.RawMessage {
 
 // ErrorItems returns the result n8n's runners give a node that continues
 // on failure when its code fails: one item {"json": {"error": message}},
-// where message is the Message of a [*n8nrunner.TaskError] in err's chain,
-// or else err's text.
+// where message is the text of an [*ItemError] in err's chain, or else the
+// Message of a [*n8nrunner.TaskError] in it, or else err's text.
 func ErrorItems(err error) []Item {
 	return []Item{{JSON: map[string]any{"error": errorMessage(err)}}}
 }
 
+// errorMessage is the message n8n should show for err.
 func errorMessage(err error) string {
+	var ie *ItemError
 	var te *n8nrunner.TaskError
-	if errors.As(err, &te) {
+	switch {
+	case errors.As(err, &ie):
+		return ie.Error()
+	case errors.As(err, &te):
 		return te.Message
 	}
 	return err.Error()
@@ -68,7 +73,12 @@ type ItemError struct {
 }
 
 func (e *ItemError) Error() string {
-	return fmt.Sprintf("%s [item %d]", errorMessage(e.Err), e.Index)
+	msg := e.Err.Error()
+	var te *n8nrunner.TaskError
+	if errors.As(e.Err, &te) {
+		msg = te.Message
+	}
+	return fmt.Sprintf("%s [item %d]", msg, e.Index)
 }
 
 // Unwrap returns e.Err.

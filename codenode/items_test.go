@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -157,9 +158,11 @@ func TestErrorItems(t *testing.T) {
 		{"plain error", errors.New("boom"), `[{"json":{"error":"boom"}}]`},
 		{"task error", &n8nrunner.TaskError{Message: "go-probe failed on purpose", Description: "hidden"},
 			`[{"json":{"error":"go-probe failed on purpose"}}]`},
-		{"wrapped task error",
+		{"item error",
 			&codenode.ItemError{Index: 1, Err: &n8nrunner.TaskError{Message: "bad"}},
-			`[{"json":{"error":"bad"}}]`},
+			`[{"json":{"error":"bad [item 1]"}}]`},
+		{"wrapped item error", fmt.Errorf("run: %w", &codenode.ItemError{Index: 2, Err: errors.New("x")}),
+			`[{"json":{"error":"x [item 2]"}}]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -544,6 +544,6 @@ func TestWorkingDirectoryModulesDoNotShadowTheStandardLibrary(t *testing.T) {
 
 func TestChildEnv(t *testing.T) {
 	got := childEnv([]string{"PATH=/bin", "N8N_RUNNERS_AUTH_TOKEN=x",
-		"N8N_RUNNERS_GRANT_TOKEN_FILE=/f", "HOME=/root", "N8N_X=1"})
-	assert.Equal(t, []string{"PATH=/bin", "HOME=/root"}, got)
+		"N8N_RUNNERS_GRANT_TOKEN_FILE=/f", "HOME=/home/n8n", "N8N_X=1"})
+	assert.Equal(t, []string{"PATH=/bin", "HOME=/home/n8n"}, got)
 }

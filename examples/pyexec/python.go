@@ -56,6 +56,9 @@ type reply struct {
 	Outcomes []outcome `json:"outcomes"`
 	// Error is set when the code could not be compiled or failed.
 	Error *codeError `json:"error"`
+
+	// stderr is what the process wrote to stderr.
+	stderr []byte
 }
 
 type outcome struct {
@@ -144,6 +147,7 @@ func (p *interpreter) run(ctx context.Context, j job) (reply, error) {
 			Description: tail(errText, 2000),
 		}
 	}
+	rep.stderr = errText
 	return rep, nil
 }
 

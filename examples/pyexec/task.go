@@ -39,6 +39,10 @@ func (e *executor) serve(ctx context.Context, t *n8nrunner.Task, s codenode.Pyth
 	if err != nil {
 		return nil, err
 	}
+	if len(rep.stderr) > 0 {
+		e.log.LogAttrs(ctx, slog.LevelDebug, "python stderr",
+			slog.String("task", t.ID), slog.String("tail", tail(rep.stderr, 2000)))
+	}
 	e.sendPrints(ctx, t, rep.Prints)
 
 	switch {
