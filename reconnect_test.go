@@ -5,6 +5,8 @@ package n8nrunner_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -102,7 +104,9 @@ func (d *flakyDialer) count() int {
 
 func newFlakyRunner(t *testing.T, d n8nrunner.Dialer, opts ...n8nrunner.Option) *n8nrunner.Runner {
 	t.Helper()
-	r, err := n8nrunner.New(n8nrunner.DefaultConfig(), append([]n8nrunner.Option{n8nrunner.WithDialer(d)}, opts...)...)
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	opts = append([]n8nrunner.Option{n8nrunner.WithDialer(d), n8nrunner.WithLogger(quiet)}, opts...)
+	r, err := n8nrunner.New(n8nrunner.DefaultConfig(), opts...)
 	require.NoError(t, err)
 	r.HandleFunc("python", echoSettings)
 	return r
