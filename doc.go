@@ -55,6 +55,27 @@
 // n8n side. A returned error, or a panic, becomes a failed task; exactly
 // one result or error is sent per task, and none after a broker cancel.
 //
+// # Several types, capacity and lazy start
+//
+// A runner may serve several task types on one connection. Open offers
+// plus busy slots never exceed the overall limit, and a type given a limit
+// of its own with [Runner.SetTypeCapacity] never exceeds that either; free
+// slots go to the type with the fewest open offers. [Runner.SetMaxConcurrency],
+// [Runner.Pause] and [Runner.Resume] change offering while the runner
+// runs, never cancelling a running task. [WithLazyStart] keeps one standing
+// offer per type and defers tasks until the service behind the handlers
+// has started, as n8n's task-runner launcher does for its runners.
+//
+// # Observability
+//
+// [Runner.Stats] returns a snapshot of slots, offers and counters;
+// [WithHooks] reports accept latency and task ends for histograms (package
+// metrics/prometheus, its own module, turns both into Prometheus metrics);
+// [Runner.HealthHandler] serves /healthz and /readyz, and the runner starts
+// it on its own port when [Config.HealthCheck] is enabled. The runner warns
+// when accept answers or offer ticks run more than a second late, well
+// before n8n's 2 s accept window closes.
+//
 // # Connections
 //
 // By default the runner fetches a single-use grant token from POST
@@ -64,4 +85,9 @@
 // URI. [WithDialer] replaces this with any [Conn], such as the in-memory
 // one of package brokertest, whose fake broker follows n8n's matching
 // rules and lets tests submit tasks and inspect every frame.
+//
+// With an auth token the runner reconnects by itself after a lost
+// connection, with a fresh grant token and a jittered exponential backoff
+// ([WithReconnect], [Backoff]); failures a retry cannot fix, such as a
+// wrong token, end [Runner.Run] with a typed error.
 package n8nrunner

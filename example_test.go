@@ -71,3 +71,53 @@ func ExampleTaskError() {
 	// Output:
 	// {"message":"no items","description":"send at least one"}
 }
+
+// Counters and slots of a runner, for logs or metrics.
+func ExampleRunner_Stats() {
+	b := brokertest.New()
+	defer b.Close()
+	cfg := n8nrunner.DefaultConfig()
+	cfg.MaxConcurrency = 3
+	r, _ := n8nrunner.New(cfg, n8nrunner.WithDialer(b.Dialer()))
+	r.HandleFunc("python", func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
+		return n8nrunner.Result{Value: []any{}}, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+
+	for range 4 {
+		b.Submit("python", map[string]any{}).Wait(context.Background())
+	}
+	cancel()
+	<-done
+	st := r.Stats()
+	fmt.Println(st.State, st.Counters.Accepts, st.Counters.TasksDone)
+	// Output:
+	// stopped 4 4
+}
+
+// A runner that starts its expensive part only when the first task comes:
+// until then it defers tasks, and the broker keeps them pending.
+func ExampleWithLazyStart() {
+	b := brokertest.New()
+	defer b.Close()
+	var model string // loaded on demand
+	start := func(context.Context) error {
+		model = "loaded"
+		return nil
+	}
+	r, _ := n8nrunner.New(n8nrunner.DefaultConfig(), n8nrunner.WithDialer(b.Dialer()),
+		n8nrunner.WithLazyStart(start))
+	r.HandleFunc("python", func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
+		return n8nrunner.Result{Value: model}, nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.Run(ctx)
+
+	out, _ := b.Submit("python", map[string]any{}).Wait(context.Background())
+	fmt.Println(string(out.Done.Result), "after", len(out.Rejections), "rejections")
+	// Output:
+	// "loaded" after 0 rejections
+}
