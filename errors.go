@@ -94,6 +94,7 @@ type StatusError struct {
 	StatusCode int
 }
 
+// Error says what was refused and, where it is clear, why.
 func (e *StatusError) Error() string {
 	what := "connect"
 	if e.Op == "auth" {
@@ -146,6 +147,7 @@ type CancelError struct {
 	Reason string
 }
 
+// Error includes the broker's reason.
 func (e *CancelError) Error() string {
 	return "n8nrunner: task cancelled by broker: " + e.Reason
 }
@@ -161,6 +163,7 @@ type RPCError struct {
 	Data []byte
 }
 
+// Error includes the method and the broker's error text.
 func (e *RPCError) Error() string {
 	return fmt.Sprintf("n8nrunner: rpc %s failed: %s", e.Method, rpcErrorText(e.Data))
 }
@@ -175,4 +178,5 @@ type TaskError struct {
 	Description string
 }
 
+// Error returns the message.
 func (e *TaskError) Error() string { return e.Message }

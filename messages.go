@@ -211,25 +211,62 @@ type RunnerRPC struct {
 	Params []json.RawMessage `json:"params"`
 }
 
-func (BrokerInfoRequest) MessageType() string      { return TypeBrokerInfoRequest }
+// MessageType returns [TypeBrokerInfoRequest].
+func (BrokerInfoRequest) MessageType() string { return TypeBrokerInfoRequest }
+
+// MessageType returns [TypeBrokerRunnerRegistered].
 func (BrokerRunnerRegistered) MessageType() string { return TypeBrokerRunnerRegistered }
-func (BrokerTaskOfferAccept) MessageType() string  { return TypeBrokerTaskOfferAccept }
-func (BrokerTaskSettings) MessageType() string     { return TypeBrokerTaskSettings }
-func (BrokerTaskCancel) MessageType() string       { return TypeBrokerTaskCancel }
+
+// MessageType returns [TypeBrokerTaskOfferAccept].
+func (BrokerTaskOfferAccept) MessageType() string { return TypeBrokerTaskOfferAccept }
+
+// MessageType returns [TypeBrokerTaskSettings].
+func (BrokerTaskSettings) MessageType() string { return TypeBrokerTaskSettings }
+
+// MessageType returns [TypeBrokerTaskCancel].
+func (BrokerTaskCancel) MessageType() string { return TypeBrokerTaskCancel }
+
+// MessageType returns [TypeBrokerTaskDataResponse].
 func (BrokerTaskDataResponse) MessageType() string { return TypeBrokerTaskDataResponse }
-func (BrokerNodeTypes) MessageType() string        { return TypeBrokerNodeTypes }
-func (BrokerRPCResponse) MessageType() string      { return TypeBrokerRPCResponse }
-func (BrokerDrain) MessageType() string            { return TypeBrokerDrain }
-func (RunnerInfo) MessageType() string             { return TypeRunnerInfo }
-func (RunnerTaskOffer) MessageType() string        { return TypeRunnerTaskOffer }
-func (RunnerTaskAccepted) MessageType() string     { return TypeRunnerTaskAccepted }
-func (RunnerTaskRejected) MessageType() string     { return TypeRunnerTaskRejected }
-func (RunnerTaskDeferred) MessageType() string     { return TypeRunnerTaskDeferred }
-func (RunnerTaskDone) MessageType() string         { return TypeRunnerTaskDone }
-func (RunnerTaskError) MessageType() string        { return TypeRunnerTaskError }
-func (RunnerTaskDataRequest) MessageType() string  { return TypeRunnerTaskDataRequest }
+
+// MessageType returns [TypeBrokerNodeTypes].
+func (BrokerNodeTypes) MessageType() string { return TypeBrokerNodeTypes }
+
+// MessageType returns [TypeBrokerRPCResponse].
+func (BrokerRPCResponse) MessageType() string { return TypeBrokerRPCResponse }
+
+// MessageType returns [TypeBrokerDrain].
+func (BrokerDrain) MessageType() string { return TypeBrokerDrain }
+
+// MessageType returns [TypeRunnerInfo].
+func (RunnerInfo) MessageType() string { return TypeRunnerInfo }
+
+// MessageType returns [TypeRunnerTaskOffer].
+func (RunnerTaskOffer) MessageType() string { return TypeRunnerTaskOffer }
+
+// MessageType returns [TypeRunnerTaskAccepted].
+func (RunnerTaskAccepted) MessageType() string { return TypeRunnerTaskAccepted }
+
+// MessageType returns [TypeRunnerTaskRejected].
+func (RunnerTaskRejected) MessageType() string { return TypeRunnerTaskRejected }
+
+// MessageType returns [TypeRunnerTaskDeferred].
+func (RunnerTaskDeferred) MessageType() string { return TypeRunnerTaskDeferred }
+
+// MessageType returns [TypeRunnerTaskDone].
+func (RunnerTaskDone) MessageType() string { return TypeRunnerTaskDone }
+
+// MessageType returns [TypeRunnerTaskError].
+func (RunnerTaskError) MessageType() string { return TypeRunnerTaskError }
+
+// MessageType returns [TypeRunnerTaskDataRequest].
+func (RunnerTaskDataRequest) MessageType() string { return TypeRunnerTaskDataRequest }
+
+// MessageType returns [TypeRunnerNodeTypesRequest].
 func (RunnerNodeTypesRequest) MessageType() string { return TypeRunnerNodeTypesRequest }
-func (RunnerRPC) MessageType() string              { return TypeRunnerRPC }
+
+// MessageType returns [TypeRunnerRPC].
+func (RunnerRPC) MessageType() string { return TypeRunnerRPC }
 
 // ErrUnknownType is wrapped by the error [Decode] returns for a frame whose
 // type this package does not know. Such frames are safe to ignore.
@@ -248,6 +285,7 @@ type FrameError struct {
 	Err error
 }
 
+// Error describes the frame's problem.
 func (e *FrameError) Error() string {
 	if e.Type == "" {
 		return "n8nrunner: malformed frame: " + e.Problem
@@ -255,6 +293,7 @@ func (e *FrameError) Error() string {
 	return fmt.Sprintf("n8nrunner: malformed %s frame: %s", printableType(e.Type), e.Problem)
 }
 
+// Unwrap returns the underlying error.
 func (e *FrameError) Unwrap() error { return e.Err }
 
 // wireFrame has every field any message carries, so a frame is decoded in
