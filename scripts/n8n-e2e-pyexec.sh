@@ -231,11 +231,25 @@ say "pyexec (PID $runner_pid) registered after $t_register"
 # --- the checks -----------------------------------------------------------------------------
 orders='{"items":[{"sku":"a","price":2.5,"qty":4},{"sku":"b","price":7,"qty":3},{"sku":"c","price":1.5,"qty":6}]}'
 
+# post PATH BODY OUT posts BODY to the webhook PATH, writes the answer to OUT and prints
+# "<HTTP status> <seconds>".
+post() {
+  curl -sS -m 60 -X POST -H 'Content-Type: application/json' --data-binary "$2" -o "$3" \
+    -w '%{http_code} %{time_total}' "$web/webhook/$1"
+}
+
 # call PATH BODY WANT posts BODY to the webhook PATH and compares the JSON answer with WANT.
+# n8n may answer 404 for a few seconds after start-up, until it has registered the webhooks
+# of the published workflows; call waits for that.
 call() {
-  local path=$1 body=$2 want=$3 out=$tmp/answer.json res
-  res=$(curl -sS -m 60 -X POST -H 'Content-Type: application/json' --data-binary "$body" \
-    -o "$out" -w '%{http_code} %{time_total}' "$web/webhook/$path") || die "POST /webhook/$path failed"
+  local path=$1 body=$2 want=$3 out=$tmp/answer.json res deadline=$(($(ms_now) + 30000))
+  while :; do
+    res=$(post "$path" "$body" "$out") || die "POST /webhook/$path failed"
+    if [ "${res%% *}" != 404 ] || [ "$(ms_now)" -ge "$deadline" ]; then
+      break
+    fi
+    sleep 0.2
+  done
   [ "${res%% *}" = 200 ] || die "POST /webhook/$path: HTTP ${res%% *}: $(head -c 1000 "$out")"
   # shellcheck disable=SC2016 # JavaScript, not shell
   node -e '
@@ -270,9 +284,8 @@ say "print() output reached n8n: $(grep -m 1 -oF "[Node \"Code\"] 'orders' 3 'to
 
 times=()
 for ((i = 1; i <= PYEXEC_E2E_ROUNDS; i++)); do
-  res=$(curl -sS -m 60 -X POST -H 'Content-Type: application/json' \
-    --data-binary "{\"items\":[{\"sku\":\"r$i\",\"price\":$i,\"qty\":2}]}" -o "$tmp/round.json" \
-    -w '%{http_code} %{time_total}' "$web/webhook/n8nrunner-pyexec-lines") || die "round $i: curl failed"
+  res=$(post n8nrunner-pyexec-lines "{\"items\":[{\"sku\":\"r$i\",\"price\":$i,\"qty\":2}]}" \
+    "$tmp/round.json") || die "round $i: curl failed"
   [ "${res%% *}" = 200 ] || die "round $i: HTTP ${res%% *}"
   grep -qF "\"line\":$((2 * i))" "$tmp/round.json" || die "round $i: unexpected answer $(cat "$tmp/round.json")"
   times+=("${res#* }")
