@@ -176,7 +176,14 @@ type TaskError struct {
 	Message string
 	// Description is shown by n8n below the message; optional.
 	Description string
+	// Stack is an optional stack trace, kept in n8n's execution data.
+	Stack string
+	// Err is an optional underlying error, returned by Unwrap.
+	Err error
 }
+
+// Unwrap returns e.Err.
+func (e *TaskError) Unwrap() error { return e.Err }
 
 // Error returns the message.
 func (e *TaskError) Error() string { return e.Message }

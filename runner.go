@@ -464,7 +464,8 @@ func (r *Runner) sendErrorLocked(t *Task, msg string) {
 	t.sess.sendFrame(errorFrame(t.ID, &TaskError{Message: msg}), false)
 }
 
-// sendRequest registers a pending request of t and sends its frame.
+// sendRequest registers a pending request of t, unless ch is nil (a
+// notification), and sends its frame.
 func (r *Runner) sendRequest(t *Task, id string, ch chan<- Message, frame []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -478,7 +479,9 @@ func (r *Runner) sendRequest(t *Task, id string, ch chan<- Message, frame []byte
 	if err := t.sess.ctx.Err(); err != nil {
 		return context.Cause(t.sess.ctx)
 	}
-	t.sess.pending[id] = pendingRequest{task: t, ch: ch}
+	if ch != nil {
+		t.sess.pending[id] = pendingRequest{task: t, ch: ch}
+	}
 	t.sess.sendFrame(frame, false)
 	return nil
 }

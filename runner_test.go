@@ -669,3 +669,30 @@ func TestManyTasksEachGetExactlyOneAnswer(t *testing.T) {
 		assert.Equal(t, accepts, answers, "every accept answered")
 	})
 }
+
+func TestNotifyGoesOutBeforeTheResult(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, runnerOptions{handlers: map[string]n8nrunner.HandlerFunc{
+			"python": func(_ context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+				for i := range 3 {
+					if err := t.Notify("logNodeOutput", fmt.Sprint("line ", i)); err != nil {
+						return n8nrunner.Result{}, err
+					}
+				}
+				return n8nrunner.Result{Value: "done"}, nil
+			},
+		}})
+		out := h.submit("python", map[string]any{})
+		require.NotNil(t, out.Done)
+		var order []string
+		for _, f := range h.b.Frames() {
+			switch m := f.Message.(type) {
+			case n8nrunner.RunnerRPC:
+				order = append(order, string(m.Params[0]))
+			case n8nrunner.RunnerTaskDone:
+				order = append(order, "done")
+			}
+		}
+		assert.Equal(t, []string{`"line 0"`, `"line 1"`, `"line 2"`, "done"}, order)
+	})
+}

@@ -156,6 +156,27 @@ func (t *Task) Call(ctx context.Context, method string, params ...any) (json.Raw
 	return resp.Data, nil
 }
 
+// Notify makes an RPC call without waiting for its answer, as n8n's Python
+// runner sends "logNodeOutput" for each print. Frames go out in order, so
+// notifications sent before the handler returns reach the broker before
+// the task's result. It fails only if the task has ended or a param does
+// not encode.
+func (t *Task) Notify(method string, params ...any) error {
+	raw := make([]json.RawMessage, len(params))
+	for i, p := range params {
+		b, err := json.Marshal(p)
+		if err != nil {
+			return fmt.Errorf("n8nrunner: rpc %s: encode param %d: %w", method, i, err)
+		}
+		raw[i] = b
+	}
+	frame, err := Encode(RunnerRPC{CallID: gonanoid.Must(), TaskID: t.ID, Name: method, Params: raw})
+	if err != nil {
+		return err
+	}
+	return t.r.sendRequest(t, "", nil, frame)
+}
+
 // errTaskOver is returned by Task calls made after the task ended.
 var errTaskOver = errors.New("n8nrunner: task is no longer running")
 
@@ -246,10 +267,11 @@ func errorFrame(taskID string, err error) []byte {
 	body := struct {
 		Message     string `json:"message"`
 		Description string `json:"description,omitempty"`
+		Stack       string `json:"stack,omitempty"`
 	}{Message: err.Error()}
 	var te *TaskError
 	if errors.As(err, &te) {
-		body.Message, body.Description = te.Message, te.Description
+		body.Message, body.Description, body.Stack = te.Message, te.Description, shorten(te.Stack, maxErrorText)
 	}
 	// n8n shows these to a person; an error quoting a huge input must not
 	// make a frame the broker refuses.

@@ -2,6 +2,8 @@ package n8nrunner
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -31,4 +33,14 @@ func TestInvalidRawResultIsAnError(t *testing.T) {
 	t.Parallel()
 	_, err := doneMessage("t", Result{Value: json.RawMessage(`{"a":`)})
 	assert.ErrorContains(t, err, "not valid JSON")
+}
+
+func TestTaskErrorCarriesStackAndCause(t *testing.T) {
+	t.Parallel()
+	cause := errors.New("root")
+	err := fmt.Errorf("wrapped: %w", &TaskError{Message: "m", Description: "d", Stack: "at line 3", Err: cause})
+	assert.ErrorIs(t, err, cause)
+	m, decErr := Decode(errorFrame("t1", err))
+	require.NoError(t, decErr)
+	assert.JSONEq(t, `{"message":"m","description":"d","stack":"at line 3"}`, string(m.(RunnerTaskError).Error))
 }
