@@ -24,6 +24,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -127,6 +128,26 @@ type Broker struct {
 	pings    int
 	pongs    int
 	changed  chan struct{} // closed and replaced when frames or outcomes change
+
+	// Frame recording: frames holds the recorded frames, the first of
+	// which has Seq frameBase+1; seq counts every frame and event.
+	frameLimit int // < 0: keep every frame; 0: none; n: at least the last n
+	frameBase  int
+	seq        int
+
+	// Faults and what the broker saw (faults.go).
+	faults        Faults
+	rng           *rand.Rand
+	faultCounts   map[Fault]int
+	downUntil     time.Time
+	readLimit     int64
+	exposureLimit int
+	stats         Stats
+	history       map[string]*taskRecord
+	historyOrder  []string
+	historyHead   int
+	historyLimit  int
+	issued        []string
 }
 
 // New returns a Broker. It starts no goroutine until a runner connects.
@@ -144,6 +165,11 @@ func New(opts ...Option) *Broker {
 		accepts:        make(map[string]*Request),
 		grants:         make(map[string]time.Time),
 		changed:        make(chan struct{}),
+		frameLimit:     -1,
+		rng:            rand.New(rand.NewPCG(0, 0x6e386e)),
+		faultCounts:    make(map[Fault]int),
+		history:        make(map[string]*taskRecord),
+		historyLimit:   1 << 16,
 	}
 	for _, opt := range opts {
 		opt(b)
@@ -151,14 +177,15 @@ func New(opts ...Option) *Broker {
 	return b
 }
 
-// Dialer returns a dialer that connects a runner to b in memory.
+// Dialer returns a dialer that connects a runner to b in memory. While a
+// restarted broker is down it returns [ErrBrokerDown].
 func (b *Broker) Dialer() n8nrunner.Dialer {
 	return n8nrunner.DialFunc(func(ctx context.Context, runnerID string) (n8nrunner.Conn, error) {
 		p := newPipe()
 		if err := b.attach(runnerID, p.brokerEnd(), nil); err != nil {
 			return nil, err
 		}
-		return p.runnerEnd(), nil
+		return p.runnerEnd(b.readLimit), nil
 	})
 }
 
@@ -218,11 +245,17 @@ func (b *Broker) attach(runnerID string, c n8nrunner.Conn, pinger pinger) error 
 		c.Close(n8nrunner.CloseGoingAway, "broker closed")
 		return ErrBrokerClosed
 	}
+	if b.downLocked() {
+		c.Close(1013, "broker down")
+		return ErrBrokerDown
+	}
+	b.stats.Connections++
 	b.conns[rc] = struct{}{}
 	b.wg.Add(2)
 	go rc.readLoop()
 	go rc.writeLoop()
 	if pinger != nil && b.heartbeat > 0 {
+		rc.pinged = true
 		b.wg.Add(1)
 		go rc.pingLoop(pinger, b.heartbeat)
 	}
@@ -272,6 +305,7 @@ func (b *Broker) CancelTask(taskID, reason string) bool {
 	if req == nil {
 		return false
 	}
+	b.markCancelledLocked(taskID)
 	req.conn.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: reason})
 	req.finishLocked(Outcome{TaskID: taskID, Cancelled: reason})
 	return true
@@ -328,12 +362,18 @@ func (b *Broker) SendRaw(runnerID string, frame []byte) error {
 
 // Disconnect closes the connection of the registered runner with the given
 // id with a status code, as a network failure or a broker restart would.
+// The broker forgets the connection at once (see [Broker.DropConnection]);
+// it counts as a [FaultCloseFrame].
 func (b *Broker) Disconnect(runnerID string, code int) error {
 	b.mu.Lock()
-	c := b.runners[runnerID]
+	c, err := b.registeredLocked(runnerID)
+	if err == nil {
+		b.countFaultLocked(FaultCloseFrame, nil)
+		c.detachLocked()
+	}
 	b.mu.Unlock()
-	if c == nil {
-		return fmt.Errorf("brokertest: no registered runner %q", runnerID)
+	if err != nil {
+		return err
 	}
 	c.close(code, "")
 	return nil

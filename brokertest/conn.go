@@ -38,10 +38,14 @@ type runnerConn struct {
 	wake   chan struct{}
 
 	// Guarded by b.mu.
-	registered bool
-	gone       bool
-	types      []string
-	queue      [][]byte
+	registered  bool
+	gone        bool // detached: the broker has forgotten the connection
+	types       []string
+	queue       [][]byte
+	pinged      bool // the ping loop runs
+	stalled     bool // half-open: nothing sent, everything received dropped
+	noPings     bool // the ping loop sends no more pings
+	ignorePongs bool // the ping loop treats pongs as missing
 }
 
 func newRunnerConn(b *Broker, id string, c n8nrunner.Conn) *runnerConn {
@@ -54,6 +58,23 @@ func newRunnerConn(b *Broker, id string, c n8nrunner.Conn) *runnerConn {
 func (c *runnerConn) close(code int, reason string) {
 	c.once.Do(func() {
 		c.conn.Close(code, reason)
+		c.cancel()
+	})
+}
+
+// dropper is a connection that can be dropped without a close handshake.
+type dropper interface {
+	drop()
+}
+
+// drop ends the connection without a close frame.
+func (c *runnerConn) drop() {
+	c.once.Do(func() {
+		if d, ok := c.conn.(dropper); ok {
+			d.drop()
+		} else {
+			c.conn.Close(1006, "")
+		}
 		c.cancel()
 	})
 }
@@ -85,6 +106,9 @@ func (c *runnerConn) writeLoop() {
 		c.b.mu.Lock()
 		q := c.queue
 		c.queue = nil
+		if c.stalled {
+			q = nil
+		}
 		c.b.mu.Unlock()
 		for _, frame := range q {
 			if err := c.conn.Write(c.ctx, frame); err != nil {
@@ -117,18 +141,29 @@ func (c *runnerConn) pingLoop(p pinger, every time.Duration) {
 	defer c.b.wg.Done()
 	tk := time.NewTicker(every)
 	defer tk.Stop()
+	missed := false // a pong to ignore came: fail at the next tick
 	for {
 		select {
 		case <-c.ctx.Done():
 			return
 		case <-tk.C:
 		}
+		c.b.mu.Lock()
+		skip, ignore := c.stalled || c.noPings, c.ignorePongs
+		c.b.mu.Unlock()
+		if skip {
+			continue
+		}
+		if missed {
+			c.close(n8nrunner.CloseProtocol, "failed heartbeat check")
+			return
+		}
 		ctx, cancel := context.WithTimeout(c.ctx, every)
 		err := p.Ping(ctx)
 		cancel()
 		c.b.mu.Lock()
 		c.b.pings++
-		if err == nil {
+		if err == nil && !ignore {
 			c.b.pongs++
 		}
 		c.b.mu.Unlock()
@@ -136,16 +171,27 @@ func (c *runnerConn) pingLoop(p pinger, every time.Duration) {
 			c.close(n8nrunner.CloseProtocol, "failed heartbeat check")
 			return
 		}
+		missed = ignore
 	}
 }
 
-// deregister forgets a closed connection: its offers are dropped, accepts
-// in flight go back to the queue and its tasks fail, as with n8n.
+// deregister forgets a closed connection, unless the broker did already.
 func (c *runnerConn) deregister() {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	c.detachLocked()
+}
+
+// detachLocked forgets a connection: its offers are dropped, accepts in
+// flight go back to the queue and its tasks fail, as with n8n. Frames that
+// arrive on it later are ignored.
+func (c *runnerConn) detachLocked() {
 	b := c.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	if c.gone {
+		return
+	}
 	c.gone = true
+	c.queue = nil
 	delete(b.conns, c)
 	if b.runners[c.id] == c {
 		delete(b.runners, c.id)
@@ -172,6 +218,9 @@ func (c *runnerConn) handle(frame []byte) {
 
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if c.gone || c.stalled {
+		return
+	}
 	b.recordLocked(c, true, frame)
 	if err != nil {
 		return
@@ -187,8 +236,10 @@ func (c *runnerConn) handle(frame []byte) {
 	case n8nrunner.RunnerTaskOffer:
 		c.offerLocked(m)
 	case n8nrunner.RunnerTaskAccepted:
+		b.noteAnswerLocked(c, m.TaskID, m.MessageType())
 		c.acceptedLocked(m.TaskID)
 	case n8nrunner.RunnerTaskRejected:
+		b.noteAnswerLocked(c, m.TaskID, m.MessageType())
 		if req := c.answerLocked(m.TaskID); req != nil {
 			req.rejections = append(req.rejections, m.Reason)
 			if req.expired {
@@ -198,36 +249,39 @@ func (c *runnerConn) handle(frame []byte) {
 			b.settleLocked()
 		}
 	case n8nrunner.RunnerTaskDeferred:
+		b.noteAnswerLocked(c, m.TaskID, m.MessageType())
 		if req := c.answerLocked(m.TaskID); req != nil {
 			req.deferrals++
 			req.refreshLocked()
 		}
 	case n8nrunner.RunnerTaskDone:
+		b.noteTerminalLocked(c, m.TaskID, m.MessageType())
 		if req := c.taskLocked(m.TaskID); req != nil {
 			data := m.Data
 			req.finishLocked(Outcome{Done: &data})
 		}
 	case n8nrunner.RunnerTaskError:
+		b.noteTerminalLocked(c, m.TaskID, m.MessageType())
 		if req := c.taskLocked(m.TaskID); req != nil {
 			req.finishLocked(Outcome{Error: m.Error})
 		}
 	case n8nrunner.RunnerTaskDataRequest:
-		if c.taskLocked(m.TaskID) != nil {
-			c.answerAsync(func() n8nrunner.Message {
+		if req := c.taskLocked(m.TaskID); req != nil {
+			c.answerAsync(b.responseDelayLocked(req), func() n8nrunner.Message {
 				data := marshal(b.onData(m.TaskID, m.RequestParams))
 				return n8nrunner.BrokerTaskDataResponse{TaskID: m.TaskID, RequestID: m.RequestID, Data: data}
 			})
 		}
 	case n8nrunner.RunnerNodeTypesRequest:
-		if c.taskLocked(m.TaskID) != nil {
-			c.answerAsync(func() n8nrunner.Message {
+		if req := c.taskLocked(m.TaskID); req != nil {
+			c.answerAsync(b.responseDelayLocked(req), func() n8nrunner.Message {
 				types := marshal(b.onNodeTypes(m.TaskID, m.RequestParams))
 				return n8nrunner.BrokerNodeTypes{TaskID: m.TaskID, RequestID: m.RequestID, NodeTypes: types}
 			})
 		}
 	case n8nrunner.RunnerRPC:
-		if c.taskLocked(m.TaskID) != nil {
-			c.answerAsync(func() n8nrunner.Message { return rpcAnswer(b, m) })
+		if req := c.taskLocked(m.TaskID); req != nil {
+			c.answerAsync(b.responseDelayLocked(req), func() n8nrunner.Message { return rpcAnswer(b, m) })
 		}
 	}
 }
@@ -245,6 +299,7 @@ func (c *runnerConn) registerLocked(info n8nrunner.RunnerInfo) {
 	c.registered = true
 	c.types = info.Types
 	b.runners[c.id] = c
+	b.stats.Registrations++
 	c.sendLocked(n8nrunner.BrokerRunnerRegistered{})
 	b.notifyLocked()
 }
@@ -255,6 +310,8 @@ func (c *runnerConn) offerLocked(m n8nrunner.RunnerTaskOffer) {
 		o.validUntil = time.Now().Add(time.Duration(m.ValidFor) * time.Millisecond)
 	}
 	c.b.offers = append(c.b.offers, o)
+	c.b.stats.Offers++
+	c.b.checkExposureLocked(c, m.OfferID)
 	c.b.settleLocked()
 }
 
@@ -280,12 +337,16 @@ func (c *runnerConn) acceptedLocked(taskID string) {
 	req.requestTimer.stop()
 	if req.expired {
 		// As n8n: the request timed out while the runner was deciding.
+		b.markCancelledLocked(taskID)
 		c.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: ReasonRequestExpired})
 		req.finishLocked(Outcome{Expired: true})
 		return
 	}
 	b.tasks[taskID] = req
 	b.notifyLocked()
+	if b.cancelBeforeSettingsLocked(req) {
+		return
+	}
 	if !req.holdSettings {
 		req.sendSettingsLocked()
 	}
@@ -300,11 +361,21 @@ func (c *runnerConn) taskLocked(taskID string) *Request {
 	return req
 }
 
-// answerAsync runs a user callback outside the lock and sends its answer.
-func (c *runnerConn) answerAsync(answer func() n8nrunner.Message) {
+// answerAsync runs a user callback outside the lock and sends its answer,
+// after delay if that is not 0.
+func (c *runnerConn) answerAsync(delay time.Duration, answer func() n8nrunner.Message) {
 	c.b.wg.Add(1)
 	go func() {
 		defer c.b.wg.Done()
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-c.ctx.Done():
+				t.Stop()
+				return
+			}
+		}
 		m := answer()
 		c.b.mu.Lock()
 		defer c.b.mu.Unlock()

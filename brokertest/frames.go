@@ -26,7 +26,24 @@ type Frame struct {
 	Raw []byte
 }
 
+// WithFrameLimit bounds frame recording to the latest n frames and events
+// (the broker may hold up to twice as many before it drops the oldest).
+// [Broker.Frames], [Broker.WaitFrame] and [Broker.CountFrames] see only
+// what is kept; Seq numbers and [Broker.LastSeq] still count every frame.
+// n ≤ 0 keeps none, as [WithoutRecording]. The default keeps every frame.
+func WithFrameLimit(n int) Option {
+	return func(b *Broker) { b.frameLimit = max(n, 0) }
+}
+
+// WithoutRecording turns frame recording off, for soak tests that pass
+// more frames than fit in memory. [Broker.LastSeq] still counts frames.
+func WithoutRecording() Option { return WithFrameLimit(0) }
+
 func (b *Broker) recordLocked(c *runnerConn, fromRunner bool, raw []byte) {
+	if b.frameLimit == 0 {
+		b.appendFrameLocked(Frame{})
+		return
+	}
 	f := Frame{RunnerID: c.id, FromRunner: fromRunner, Raw: raw}
 	if m, err := n8nrunner.Decode(raw); err == nil {
 		f.Message = m
@@ -40,24 +57,43 @@ func (b *Broker) recordEventLocked(c *runnerConn, event string) {
 }
 
 func (b *Broker) appendFrameLocked(f Frame) {
-	f.Seq = len(b.frames) + 1
-	f.Time = time.Now()
-	b.frames = append(b.frames, f)
+	b.seq++
+	switch {
+	case b.frameLimit == 0:
+		b.frameBase = b.seq
+	default:
+		f.Seq = b.seq
+		f.Time = time.Now()
+		b.frames = append(b.frames, f)
+		if b.frameLimit > 0 && len(b.frames) >= 2*b.frameLimit {
+			drop := len(b.frames) - b.frameLimit
+			b.frames = append([]Frame(nil), b.frames[drop:]...)
+			b.frameBase += drop
+		}
+	}
 	b.notifyLocked()
 }
 
-// Frames returns every frame recorded so far.
+// keptLocked returns the recorded frames that are kept.
+func (b *Broker) keptLocked() []Frame {
+	if b.frameLimit > 0 && len(b.frames) > b.frameLimit {
+		return b.frames[len(b.frames)-b.frameLimit:]
+	}
+	return b.frames
+}
+
+// Frames returns every frame recorded so far (see [WithFrameLimit]).
 func (b *Broker) Frames() []Frame {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return append([]Frame(nil), b.frames...)
+	return append([]Frame(nil), b.keptLocked()...)
 }
 
 // LastSeq returns the Seq of the latest recorded frame, 0 if none.
 func (b *Broker) LastSeq() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return len(b.frames)
+	return b.seq
 }
 
 // WaitFrame returns the first recorded frame after Seq after for which
@@ -65,13 +101,14 @@ func (b *Broker) LastSeq() int {
 func (b *Broker) WaitFrame(ctx context.Context, after int, match func(Frame) bool) (Frame, error) {
 	var found Frame
 	err := b.waitChange(ctx, func() bool {
-		for _, f := range b.frames[min(after, len(b.frames)):] {
+		from := min(max(after-b.frameBase, 0), len(b.frames))
+		for _, f := range b.frames[from:] {
 			if match(f) {
 				found = f
 				return true
 			}
 		}
-		after = len(b.frames)
+		after = b.seq
 		return false
 	})
 	return found, err
@@ -82,7 +119,7 @@ func (b *Broker) CountFrames(match func(Frame) bool) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	n := 0
-	for _, f := range b.frames {
+	for _, f := range b.keptLocked() {
 		if match(f) {
 			n++
 		}

@@ -2,6 +2,7 @@ package brokertest
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -36,14 +37,21 @@ func (p *pipe) close(code int, reason string) {
 
 // pipeEnd is one side of a pipe; it implements n8nrunner.Conn.
 type pipeEnd struct {
-	p   *pipe
-	in  <-chan []byte
-	out chan<- []byte
+	p     *pipe
+	in    <-chan []byte
+	out   chan<- []byte
+	limit int64 // read limit in bytes, 0: none
 }
 
 func (e pipeEnd) Read(ctx context.Context) ([]byte, error) {
 	select {
 	case b := <-e.in:
+		if e.limit > 0 && int64(len(b)) > e.limit {
+			// As coder/websocket does with a message over its read limit.
+			reason := fmt.Sprintf("read limited at %d bytes", e.limit+1)
+			e.p.close(int(websocket.StatusMessageTooBig), reason)
+			return nil, fmt.Errorf("%w: %s", websocket.ErrMessageTooBig, reason)
+		}
 		return b, nil
 	case <-e.p.closed:
 		return nil, e.p.err
@@ -71,5 +79,13 @@ func (e pipeEnd) Close(code int, reason string) error {
 	return nil
 }
 
-func (p *pipe) runnerEnd() pipeEnd { return pipeEnd{p: p, in: p.toRunner, out: p.toBroker} }
+// drop ends the pipe as a dropped network connection would: both ends see
+// status 1006 (abnormal closure), which no close frame can carry.
+func (e pipeEnd) drop() {
+	e.p.close(int(websocket.StatusAbnormalClosure), "")
+}
+
+func (p *pipe) runnerEnd(limit int64) pipeEnd {
+	return pipeEnd{p: p, in: p.toRunner, out: p.toBroker, limit: limit}
+}
 func (p *pipe) brokerEnd() pipeEnd { return pipeEnd{p: p, in: p.toBroker, out: p.toRunner} }

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"time"
 
-	gonanoid "github.com/matoous/go-nanoid/v2"
-
 	"github.com/offerloop/n8nrunner"
 )
 
@@ -22,6 +20,7 @@ type Request struct {
 
 	settings     json.RawMessage
 	holdSettings bool
+	plan         plan // faults asked for with SubmitOptions
 	done         chan struct{}
 
 	// Guarded by b.mu.
@@ -35,8 +34,12 @@ type Request struct {
 	outcome      Outcome
 	finished     bool
 	requestTimer *timer
-	acceptTimer  *timer
+	acceptTimer  *timer // the accept window, or the delay before a delayed accept
 	taskTimer    *timer
+	cancelTimer  *timer // FaultCancelRunning
+
+	offerValidUntil time.Time  // of the offer of the accept in progress
+	hiddenOffer     *heldOffer // the offer an unknown-offer accept stands for
 }
 
 // SubmitOption configures one [Broker.Submit].
@@ -137,10 +140,12 @@ func (r *Request) sendSettingsLocked() {
 			if r.b.tasks[r.taskID] != r {
 				return
 			}
+			r.b.markCancelledLocked(r.taskID)
 			r.conn.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: r.taskID, Reason: ReasonTaskTimeout})
 			r.finishLocked(Outcome{Cancelled: ReasonTaskTimeout})
 		})
 	}
+	r.b.afterSettingsLocked(r)
 }
 
 func (r *Request) armRequestTimerLocked() {
@@ -186,7 +191,7 @@ func (r *Request) finishLocked(o Outcome) {
 	}
 	o.Rejections = r.rejections
 	r.outcome = o
-	for _, t := range []*timer{r.requestTimer, r.acceptTimer, r.taskTimer} {
+	for _, t := range []*timer{r.requestTimer, r.acceptTimer, r.taskTimer, r.cancelTimer} {
 		t.stop()
 	}
 	if r.b.tasks[r.taskID] == r {
@@ -214,25 +219,30 @@ func (b *Broker) settleLocked() {
 		}
 		o := b.offers[i]
 		b.offers = append(b.offers[:i], b.offers[i+1:]...)
-		b.offerAcceptLocked(req, o.conn, o.id)
+		b.offerAcceptLocked(req, o)
 	}
 }
 
-func (b *Broker) offerAcceptLocked(req *Request, c *runnerConn, offerID string) {
-	req.taskID = gonanoid.Must(8)
+// offerAcceptLocked asks the runner of offer o to accept req, at once or,
+// with a delayed or late accept fault, after a while; the accept window
+// starts when the accept is sent (sendAcceptLocked).
+func (b *Broker) offerAcceptLocked(req *Request, o *heldOffer) {
+	c := o.conn
+	req.taskID = b.newTaskIDLocked()
 	req.conn = c
+	req.offerValidUntil = o.validUntil
 	b.accepts[req.taskID] = req
-	c.sendLocked(n8nrunner.BrokerTaskOfferAccept{TaskID: req.taskID, OfferID: offerID})
+	rec := b.newRecordLocked(req, c, o.id)
+	p := b.planAcceptLocked(req, o, rec)
+	if p.delay <= 0 {
+		b.sendAcceptLocked(req, c, o, p, rec)
+		return
+	}
 	taskID := req.taskID
-	req.acceptTimer = b.afterFunc(b.acceptTimeout, func() {
-		if b.accepts[taskID] != req {
-			return
+	req.acceptTimer = b.afterFunc(p.delay, func() {
+		if b.accepts[taskID] == req && !c.gone {
+			b.sendAcceptLocked(req, c, o, p, rec)
 		}
-		delete(b.accepts, taskID)
-		c.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: ReasonAcceptTimeout})
-		b.offers = slices.DeleteFunc(b.offers, func(o *heldOffer) bool { return o.conn == c })
-		req.refreshLocked()
-		b.settleLocked()
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/coder/websocket"
@@ -66,11 +67,29 @@ func (b *Broker) IssueGrant() string {
 	token := hex.EncodeToString(buf)
 	b.mu.Lock()
 	b.grants[token] = time.Now().Add(grantTTL)
+	if len(b.issued) >= maxIssued {
+		b.issued = slices.Delete(b.issued, 0, len(b.issued)-maxIssued+1)
+	}
+	b.issued = append(b.issued, token)
 	b.mu.Unlock()
 	return token
 }
 
+// refuseIfDown answers 503 while a restarted broker is down.
+func (b *Broker) refuseIfDown(w http.ResponseWriter) bool {
+	b.mu.Lock()
+	down := b.downLocked()
+	b.mu.Unlock()
+	if down {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	return down
+}
+
 func (b *Broker) serveAuth(w http.ResponseWriter, r *http.Request) {
+	if b.refuseIfDown(w) {
+		return
+	}
 	var body struct {
 		Token *string `json:"token"`
 	}
@@ -90,6 +109,9 @@ func (b *Broker) serveAuth(w http.ResponseWriter, r *http.Request) {
 var bearer = regexp.MustCompile(`(?i)^Bearer (.+)$`)
 
 func (b *Broker) serveWS(w http.ResponseWriter, r *http.Request) {
+	if b.refuseIfDown(w) {
+		return
+	}
 	ids := r.URL.Query()["id"]
 	if len(ids) != 1 || ids[0] == "" {
 		w.WriteHeader(http.StatusBadRequest)
@@ -148,3 +170,6 @@ func (c *wsConn) Write(ctx context.Context, frame []byte) error {
 func (c *wsConn) Close(code int, reason string) error {
 	return c.ws.Close(websocket.StatusCode(code), reason)
 }
+
+// drop closes the TCP connection without a close handshake.
+func (c *wsConn) drop() { c.ws.CloseNow() }
