@@ -1,5 +1,5 @@
-// Package prometheus exposes an n8nrunner [n8nrunner.Runner] as Prometheus
-// metrics.
+// Package prometheus exposes the state of an [n8nrunner.Runner] as
+// Prometheus metrics.
 //
 // It is a module of its own, so that the runner library itself depends on
 // no metrics library. Import it under a name that does not hide
@@ -14,9 +14,9 @@
 // their metrics with it, and any Prometheus-compatible scraper reads its
 // output. A service that uses OpenTelemetry instead can still take these
 // metrics: register them on a registry served over HTTP and scrape it with
-// the OpenTelemetry Collector's Prometheus receiver, or bridge a
-// [prometheus.Gatherer] into an OpenTelemetry SDK with its Prometheus
-// bridge.
+// the OpenTelemetry Collector's Prometheus receiver, or feed a
+// [prometheus.Gatherer] into an OpenTelemetry SDK pipeline with
+// go.opentelemetry.io/contrib/bridges/prometheus.
 //
 // # Use
 //
