@@ -29,9 +29,14 @@ const tickFresh = 4 * offerInterval
 //   - every other path answers 200 "OK" while the process is up, as n8n's
 //     runners do, so n8n's task-runner launcher can probe /healthz.
 //
-// The handler is safe for concurrent use and may be mounted on any mux.
+// Paths added with [WithHealthRoute] are served first. The handler is safe
+// for concurrent use and may be mounted on any mux.
 func (r *Runner) HealthHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if h := r.healthRoutes[req.URL.Path]; h != nil {
+			h.ServeHTTP(w, req)
+			return
+		}
 		if req.URL.Path != "/readyz" {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Write([]byte("OK"))
@@ -66,6 +71,23 @@ func (r *Runner) HealthHandler() http.Handler {
 func wantsJSON(req *http.Request) bool {
 	return req.URL.Query().Get("format") == "json" ||
 		strings.Contains(req.Header.Get("Accept"), "application/json")
+}
+
+// WithHealthRoute adds a handler for one path to [Runner.HealthHandler] and
+// so to the health-check server, for example "/metrics" with a Prometheus
+// handler, so that a runner started by n8n's launcher, which turns the
+// health server on, needs no second port. It panics if path does not start
+// with "/".
+func WithHealthRoute(path string, h http.Handler) Option {
+	if !strings.HasPrefix(path, "/") {
+		panic("n8nrunner: WithHealthRoute path must start with /: " + path)
+	}
+	return func(r *Runner) {
+		if r.healthRoutes == nil {
+			r.healthRoutes = make(map[string]http.Handler)
+		}
+		r.healthRoutes[path] = h
+	}
 }
 
 // unready returns why the runner is not ready, or "".

@@ -33,10 +33,14 @@ func TestHealthAndReadiness(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New()
 	defer b.Close()
-	r, err := n8nrunner.New(n8nrunner.DefaultConfig(), n8nrunner.WithDialer(b.Dialer()))
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("m 1")) })
+	r, err := n8nrunner.New(n8nrunner.DefaultConfig(), n8nrunner.WithDialer(b.Dialer()),
+		n8nrunner.WithHealthRoute("/metrics", metrics))
 	require.NoError(t, err)
 	r.HandleFunc("python", echoSettings)
 	h := r.HealthHandler()
+	_, body := get(t, h, "/metrics")
+	assert.Equal(t, "m 1", body, "an added route")
 
 	code, body := get(t, h, "/healthz")
 	assert.Equal(t, 200, code)

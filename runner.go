@@ -53,6 +53,7 @@ type Runner struct {
 	silence      time.Duration
 	silenceSet   bool
 	hooks        Hooks
+	healthRoutes map[string]http.Handler
 
 	// wg counts every goroutine Run starts: connection loops, handlers and
 	// timer callbacks.
