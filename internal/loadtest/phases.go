@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"time"
 )
 
@@ -20,11 +17,14 @@ type harness struct {
 	jsStart  string // @n8n/task-runner's dist/start.js
 	out      string // output directory
 
-	warmup, measure      time.Duration // load phases
-	idleSettle, idleSpan time.Duration // idle phases: wait, then measure
-	ceilingSpan          time.Duration
-	trace                bool // profiled load phases also write an execution trace
-	cpus                 int  // of the machine, for its busy share
+	warmup               time.Duration // load on each runner before its first slice
+	slice, sliceWarm     time.Duration // one measurement slice, and its ramp-up
+	rounds               int           // slices per runner and setting, interleaved
+	idleSettle, idleSpan time.Duration // idle: wait, then measure
+	trace                bool          // profiled load phases also write an execution trace
+	cpus                 int           // of the machine, for its busy share
+	retryBudget          time.Duration
+	retries              int
 
 	notes []string
 }
@@ -37,97 +37,6 @@ func (h *harness) note(format string, args ...any) {
 
 func (h *harness) progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "loadtest: "+format+"\n", args...)
-}
-
-// CeilingResult is the raw round-trip rate of small frames.
-type CeilingResult struct {
-	Inflight   int     `json:"inflight"`
-	RoundTrips float64 `json:"roundTripsPerSec"`
-	ClientCPU  float64 `json:"clientCPUPercent"`
-	SimCPU     float64 `json:"simCPUPercent"`
-	OtherCPU   float64 `json:"otherCPUPercent"`
-}
-
-// ceiling runs the gorunner's echo client against the simulator's echo
-// endpoint with inflight frames outstanding.
-func (h *harness) ceiling(ctx context.Context, inflight int) (CeilingResult, error) {
-	sim, err := NewSim(authToken, 0)
-	if err != nil {
-		return CeilingResult{}, err
-	}
-	defer sim.Close()
-
-	ctx, cancel := context.WithTimeout(ctx, h.ceilingSpan+30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, h.gorunner, "-mode", "echo", "-url", sim.EchoURL(),
-		"-inflight", strconv.Itoa(inflight), "-duration", h.ceilingSpan.String())
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	cmd.Stderr = os.Stderr
-	var outb bytes.Buffer
-	cmd.Stdout = &outb
-	if err := cmd.Start(); err != nil {
-		return CeilingResult{}, fmt.Errorf("echo client: %w", err)
-	}
-	// The simulator's CPU over about the client's measurement window,
-	// which starts after its 500 ms warm-up.
-	sleep(ctx, 500*time.Millisecond)
-	s0, _ := readCPU(os.Getpid())
-	m0 := readMachineCPU()
-	if err := cmd.Wait(); err != nil {
-		return CeilingResult{}, fmt.Errorf("echo client: %w", err)
-	}
-	s1, _ := readCPU(os.Getpid())
-	m1 := readMachineCPU()
-
-	var r struct {
-		RoundTrips int64   `json:"roundTrips"`
-		Seconds    float64 `json:"seconds"`
-		CPU        float64 `json:"cpuPercent"`
-	}
-	if err := json.Unmarshal(outb.Bytes(), &r); err != nil || r.Seconds <= 0 {
-		return CeilingResult{}, fmt.Errorf("echo client printed %q", outb.String())
-	}
-	c := CeilingResult{
-		Inflight:   inflight,
-		RoundTrips: float64(r.RoundTrips) / r.Seconds,
-		ClientCPU:  r.CPU,
-		SimCPU:     cpuBetween(s0, s1).Sched,
-	}
-	c.OtherCPU = max(0, busyBetween(m0, m1, h.cpus)-c.ClientCPU-c.SimCPU)
-	return c, nil
-}
-
-// FloorResult is the round trip of one small frame at a time, at a rate
-// that leaves the machine mostly idle: the latency floor of the stack.
-type FloorResult struct {
-	Rate    int     `json:"rate"`
-	Samples int     `json:"samples"`
-	P50     float64 `json:"p50us"`
-	P99     float64 `json:"p99us"`
-}
-
-// floor runs the gorunner's echo client one frame at a time at rate.
-func (h *harness) floor(ctx context.Context, rate int) (FloorResult, error) {
-	sim, err := NewSim(authToken, 0)
-	if err != nil {
-		return FloorResult{}, err
-	}
-	defer sim.Close()
-	ctx, cancel := context.WithTimeout(ctx, h.measure+30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, h.gorunner, "-mode", "echo", "-url", sim.EchoURL(),
-		"-rate", strconv.Itoa(rate), "-duration", h.measure.String())
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return FloorResult{}, fmt.Errorf("echo client: %w", err)
-	}
-	var r FloorResult
-	if err := json.Unmarshal(out, &r); err != nil || r.Samples == 0 {
-		return FloorResult{}, fmt.Errorf("echo client printed %q", out)
-	}
-	return r, nil
 }
 
 // LoadResult is one runner at one concurrency under load.
@@ -153,61 +62,174 @@ type LoadResult struct {
 	FirstError     string  `json:"firstError,omitempty"`
 }
 
-// load measures a runner with conc slots after a warm-up. With rate 0 it
-// keeps conc task requests outstanding (a closed loop, as fast as the
-// runner goes); otherwise it submits rate requests per second.
-func (h *harness) load(ctx context.Context, spec runnerSpec, conc, rate int, extra []string) (LoadResult, error) {
-	res := LoadResult{Runner: spec.Name, Concurrency: conc, Rate: rate}
+// sliceResult is one measurement slice of one runner.
+type sliceResult struct {
+	st          *Stats
+	runner, sim time.Duration // CPU used
+	wall        time.Duration
+	other       float64 // % of a core the rest of the machine used
+}
+
+// measureSlice loads a runner for one slice: with rate 0 it keeps conc
+// task requests outstanding (a closed loop, as fast as the runner goes),
+// otherwise it submits rate requests per second. Afterwards it lets the
+// tasks in flight end, so that the next slice, of another runner, starts
+// on a quiet machine.
+func (h *harness) measureSlice(ctx context.Context, l *live, conc, rate int) (sliceResult, error) {
+	if rate > 0 {
+		l.sess.StartPaced(rate)
+	} else {
+		l.sess.StartLoad(conc)
+	}
+	defer l.sess.StopLoad(3 * time.Second)
+	if err := sleep(ctx, h.sliceWarm); err != nil {
+		return sliceResult{}, err
+	}
+
+	r0, err := readCPU(l.proc.pid())
+	if err != nil {
+		return sliceResult{}, err
+	}
+	s0, _ := readCPU(os.Getpid())
+	m0 := readMachineCPU()
+	l.sess.Begin()
+	if err := sleep(ctx, h.slice); err != nil {
+		return sliceResult{}, err
+	}
+	st := l.sess.End()
+	r1, err := readCPU(l.proc.pid())
+	if err != nil {
+		return sliceResult{}, err
+	}
+	s1, _ := readCPU(os.Getpid())
+	m1 := readMachineCPU()
+
+	sl := sliceResult{st: st, runner: r1.sched - r0.sched, sim: s1.sched - s0.sched, wall: r1.at.Sub(r0.at)}
+	sl.other = max(0, busyBetween(m0, m1, h.cpus)-100*(sl.runner+sl.sim).Seconds()/sl.wall.Seconds())
+	return sl, nil
+}
+
+// combine turns a runner's slices into its result.
+func combine(l *live, conc, rate int, slices []sliceResult) LoadResult {
+	st := &Stats{}
+	var runner, sim, wall time.Duration
+	var other float64
+	for _, sl := range slices {
+		st.add(sl.st)
+		runner, sim, wall = runner+sl.runner, sim+sl.sim, wall+sl.wall
+		other += sl.other * sl.wall.Seconds()
+	}
+	first, _ := l.sess.OfferDelays()
+	res := LoadResult{
+		Runner: l.spec.Name, Concurrency: conc, Rate: rate,
+		Seconds: st.Seconds(), TasksPerSec: float64(st.Done) / st.Seconds(),
+		Done: st.Done, Errors: st.Errors, Rejected: st.Rejected, AcceptTimeouts: st.AcceptTimeouts,
+		AcceptP50: percentile(st.AcceptLat, 50), AcceptP99: percentile(st.AcceptLat, 99),
+		SlotP50: percentile(st.SlotLat, 50), SlotP99: percentile(st.SlotLat, 99), SlotSamples: len(st.SlotLat),
+		RunnerCPU:    100 * runner.Seconds() / wall.Seconds(),
+		SimCPU:       100 * sim.Seconds() / wall.Seconds(),
+		OtherCPU:     other / wall.Seconds(),
+		FirstOfferMs: ms(first),
+		FirstError:   st.FirstError,
+	}
+	return res
+}
+
+// loadRounds measures every runner at one setting: it starts them all,
+// each with its own simulator, warms each up, then measures them in
+// h.rounds rounds of one slice each, in a rotating order, so that a
+// change in the machine's speed during the run falls on all of them
+// alike. With withCeiling each round also takes a slice of the ceiling at
+// depth conc; with rate > 0 (paced) a slice of the round-trip floor.
+func (h *harness) loadRounds(ctx context.Context, specs []runnerSpec, conc, rate int, withCeiling bool,
+	res *Results) error {
 	tag := fmt.Sprintf("c%d", conc)
+	what := fmt.Sprintf("concurrency %d", conc)
 	if rate > 0 {
 		tag += fmt.Sprintf("-paced%d", rate)
+		what = fmt.Sprintf("paced, %d tasks/s offered, %d slots", rate, conc)
 	}
-	if len(extra) > 0 {
-		tag += "-profile"
+	var lives []*live
+	defer func() {
+		for _, l := range lives {
+			h.stop(l)
+		}
+	}()
+	for _, s := range specs {
+		l, err := h.start(ctx, s, conc, tag, nil)
+		if err != nil {
+			return err
+		}
+		lives = append(lives, l)
 	}
-	err := h.withRunner(ctx, spec, conc, tag, extra, func(sess *session, p *proc) error {
+	for _, l := range lives {
+		h.progress("%s: warming up %s", what, l.spec.Name)
 		if rate > 0 {
-			sess.StartPaced(rate)
+			l.sess.StartPaced(rate)
 		} else {
-			sess.StartLoad(conc)
+			l.sess.StartLoad(conc)
 		}
-		if err := sleep(ctx, h.warmup); err != nil {
-			return err
-		}
-		r0, err := readCPU(p.pid())
+		err := sleep(ctx, h.warmup)
+		l.sess.StopLoad(3 * time.Second)
 		if err != nil {
 			return err
 		}
-		s0, _ := readCPU(os.Getpid())
-		m0 := readMachineCPU()
-		sess.Begin()
-		if err := sleep(ctx, h.measure); err != nil {
-			return err
-		}
-		st := sess.End()
-		r1, err := readCPU(p.pid())
-		if err != nil {
-			return err
-		}
-		s1, _ := readCPU(os.Getpid())
-		m1 := readMachineCPU()
+	}
 
-		first, _ := sess.OfferDelays()
-		res.Seconds = st.Seconds()
-		res.TasksPerSec = float64(st.Done) / st.Seconds()
-		res.Done, res.Errors, res.Rejected = st.Done, st.Errors, st.Rejected
-		res.AcceptTimeouts = st.AcceptTimeouts
-		res.AcceptP50, res.AcceptP99 = percentile(st.AcceptLat, 50), percentile(st.AcceptLat, 99)
-		res.SlotP50, res.SlotP99 = percentile(st.SlotLat, 50), percentile(st.SlotLat, 99)
-		res.SlotSamples = len(st.SlotLat)
-		res.RunnerCPU = cpuBetween(r0, r1).Sched
-		res.SimCPU = cpuBetween(s0, s1).Sched
-		res.OtherCPU = max(0, busyBetween(m0, m1, h.cpus)-res.RunnerCPU-res.SimCPU)
-		res.FirstOfferMs = ms(first)
-		res.FirstError = st.FirstError
-		return nil
-	})
-	return res, err
+	got := make([][]sliceResult, len(lives))
+	var ceil CeilingResult
+	var floor []int64
+	for round := range h.rounds {
+		for k := range lives {
+			i := (k + round) % len(lives)
+			l := lives[i]
+			name := fmt.Sprintf("%s: %s, round %d of %d", what, l.spec.Name, round+1, h.rounds)
+			sl, err := quiet(h, name, func() (sliceResult, float64, error) {
+				sl, err := h.measureSlice(ctx, l, conc, rate)
+				return sl, sl.other, err
+			})
+			if err != nil {
+				return err
+			}
+			got[i] = append(got[i], sl)
+		}
+		if withCeiling {
+			name := fmt.Sprintf("%s: ceiling, round %d of %d", what, round+1, h.rounds)
+			c, err := quiet(h, name, func() (CeilingResult, float64, error) {
+				c, err := h.ceiling(ctx, conc)
+				return c, c.OtherCPU, err
+			})
+			if err != nil {
+				return err
+			}
+			ceil = addCeiling(ceil, c)
+		}
+		if rate > 0 {
+			name := fmt.Sprintf("%s: round-trip floor, round %d of %d", what, round+1, h.rounds)
+			rtts, err := quiet(h, name, func() ([]int64, float64, error) { return h.floor(ctx, rate) })
+			if err != nil {
+				return err
+			}
+			floor = append(floor, rtts...)
+		}
+	}
+
+	for i, l := range lives {
+		r := combine(l, conc, rate, got[i])
+		h.checkFailures(r)
+		if rate > 0 {
+			res.Paced = append(res.Paced, r)
+		} else {
+			res.Load = append(res.Load, r)
+		}
+	}
+	if withCeiling {
+		res.Ceiling = append(res.Ceiling, ceil)
+	}
+	if rate > 0 {
+		res.Floor = &FloorResult{Rate: rate, Samples: len(floor), P50: percentile(floor, 50), P99: percentile(floor, 99)}
+	}
+	return nil
 }
 
 // IdleResult is one runner registered with no work.
@@ -224,52 +246,72 @@ type IdleResult struct {
 	FullPoolMs   float64 `json:"fullPoolMs"`
 }
 
-// idle registers a runner with slots and measures it once it has been
-// registered for idleSettle+idleSpan.
-func (h *harness) idle(ctx context.Context, spec runnerSpec, slots int, extra []string) (IdleResult, error) {
-	res := IdleResult{Runner: spec.Name, Slots: slots}
+// idle registers the runners with slots, all at once (idle, they hardly
+// disturb each other, and they then share the machine's state), and
+// measures each once it has been registered for idleSettle+idleSpan.
+func (h *harness) idle(ctx context.Context, specs []runnerSpec, slots int, extra []string) ([]IdleResult, float64, error) {
 	tag := fmt.Sprintf("idle%d", slots)
 	if len(extra) > 0 {
 		tag += "-profile"
 	}
-	err := h.withRunner(ctx, spec, slots, tag, extra, func(sess *session, p *proc) error {
-		registered := time.Now()
-		if err := sleep(ctx, h.idleSettle); err != nil {
-			return err
+	var lives []*live
+	defer func() {
+		for _, l := range lives {
+			h.stop(l)
 		}
-		c0, err := readCPU(p.pid())
+	}()
+	for _, s := range specs {
+		l, err := h.start(ctx, s, slots, tag, extra)
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
-		s0, _ := readCPU(os.Getpid())
-		m0 := readMachineCPU()
-		sess.Begin()
-		if err := sleep(ctx, h.idleSpan); err != nil {
-			return err
-		}
-		st := sess.End()
-		c1, err := readCPU(p.pid())
-		if err != nil {
-			return err
-		}
-		s1, _ := readCPU(os.Getpid())
-		m1 := readMachineCPU()
-		rss, err := readRSS(p.pid())
-		if err != nil {
-			return err
-		}
+		lives = append(lives, l)
+	}
+	registered := time.Now()
+	if err := sleep(ctx, h.idleSettle); err != nil {
+		return nil, 0, err
+	}
 
-		first, full := sess.OfferDelays()
-		res.After = time.Since(registered).Seconds()
-		res.Window = st.Seconds()
-		res.CPU = cpuBetween(c0, c1)
-		res.OtherCPU = max(0, busyBetween(m0, m1, h.cpus)-res.CPU.Sched-cpuBetween(s0, s1).Sched)
-		res.RSSMiB = float64(rss) / (1 << 20)
-		res.OffersPerSec = float64(st.Offers) / st.Seconds()
-		res.FirstOfferMs, res.FullPoolMs = ms(first), ms(full)
-		return nil
-	})
-	return res, err
+	c0 := make([]cpuSample, len(lives))
+	for i, l := range lives {
+		c0[i], _ = readCPU(l.proc.pid())
+		l.sess.Begin()
+	}
+	s0, _ := readCPU(os.Getpid())
+	m0 := readMachineCPU()
+	if err := sleep(ctx, h.idleSpan); err != nil {
+		return nil, 0, err
+	}
+	m1 := readMachineCPU()
+	s1, _ := readCPU(os.Getpid())
+	busy := busyBetween(m0, m1, h.cpus) - cpuBetween(s0, s1).Sched
+
+	var out []IdleResult
+	for i, l := range lives {
+		st := l.sess.End()
+		c1, err := readCPU(l.proc.pid())
+		if err != nil {
+			return nil, 0, err
+		}
+		rss, err := readRSS(l.proc.pid())
+		if err != nil {
+			return nil, 0, err
+		}
+		first, full := l.sess.OfferDelays()
+		r := IdleResult{
+			Runner: l.spec.Name, Slots: slots,
+			After: time.Since(registered).Seconds(), Window: st.Seconds(),
+			CPU: cpuBetween(c0[i], c1), RSSMiB: float64(rss) / (1 << 20),
+			OffersPerSec: float64(st.Offers) / st.Seconds(),
+			FirstOfferMs: ms(first), FullPoolMs: ms(full),
+		}
+		busy -= r.CPU.Sched
+		out = append(out, r)
+	}
+	for i := range out {
+		out[i].OtherCPU = max(0, busy)
+	}
+	return out, max(0, busy), nil
 }
 
 func ms(d time.Duration) float64 {
@@ -310,20 +352,19 @@ type Results struct {
 	SlotCounts []int             `json:"slotCounts"`
 }
 
-// run measures everything: the ceiling, every runner under load at each
-// concurrency (runners interleaved, so that each concurrency's figures are
-// taken close together), every kind of runner idle at each slot count, and
-// with profile set two extra profiled phases of the Go runner.
 // plan is what a run measures.
 type plan struct {
-	phases                map[string]bool // ceiling, load, paced, idle, profile
+	phases                map[string]bool // load, paced, idle, profile
 	concs, slotCounts     []int
 	pacedRate, pacedSlots int
 	profile               []string // Go runners to profile
 }
 
+// run measures everything: for each concurrency, every runner and the
+// ceiling, interleaved; every runner paced against the round-trip floor,
+// interleaved; every kind of runner idle at each slot count, side by
+// side; and CPU profiles of the Go runner in phases of their own.
 func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
-	concs, slotCounts := pl.concs, pl.slotCounts
 	start := time.Now()
 	if err := os.MkdirAll(filepath.Join(h.out, "logs"), 0o755); err != nil {
 		return nil, err
@@ -333,12 +374,12 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 		Machine:    readMachine(),
 		Runners:    map[string]string{},
 		Frames:     map[string]int{},
-		Concurrent: concs,
-		SlotCounts: slotCounts,
+		Concurrent: pl.concs,
+		SlotCounts: pl.slotCounts,
 		Settings: map[string]string{
-			"warmup": h.warmup.String(), "measure": h.measure.String(),
+			"warmup": h.warmup.String(), "slice": h.slice.String(), "sliceWarmup": h.sliceWarm.String(),
+			"rounds":     fmt.Sprint(h.rounds),
 			"idleSettle": h.idleSettle.String(), "idleWindow": h.idleSpan.String(),
-			"ceiling": h.ceilingSpan.String(),
 		},
 	}
 	if h.node != "" {
@@ -356,70 +397,43 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 		res.Runners[s.Name], res.Frames[s.Name] = s.Label, s.Frames
 	}
 
-	for _, n := range concs {
-		if !pl.phases["ceiling"] {
-			break
+	if pl.phases["load"] {
+		for _, n := range pl.concs {
+			if err := h.loadRounds(ctx, specs, n, 0, true, res); err != nil {
+				return nil, err
+			}
 		}
-		h.progress("ceiling, %d in flight", n)
-		c, err := h.ceiling(ctx, n)
-		if err != nil {
+	}
+	if pl.phases["paced"] && pl.pacedRate > 0 {
+		if err := h.loadRounds(ctx, specs, pl.pacedSlots, pl.pacedRate, false, res); err != nil {
 			return nil, err
 		}
-		h.checkOthers(fmt.Sprintf("ceiling, %d in flight", n), c.OtherCPU)
-		res.Ceiling = append(res.Ceiling, c)
 	}
-	for _, n := range concs {
-		if !pl.phases["load"] {
-			break
-		}
+	if pl.phases["idle"] {
+		// At idle the handler does not matter: one Go runner stands for both.
+		var idlers []runnerSpec
 		for _, s := range specs {
-			h.progress("load: %s at concurrency %d", s.Name, n)
-			r, err := h.load(ctx, s, n, 0, nil)
+			if s.Name != goData {
+				idlers = append(idlers, s)
+			}
+		}
+		for _, n := range pl.slotCounts {
+			r, err := quiet(h, fmt.Sprintf("idle with %d slots", n), func() ([]IdleResult, float64, error) {
+				return h.idle(ctx, idlers, n, nil)
+			})
 			if err != nil {
 				return nil, err
 			}
-			h.checkFailures(r)
-			h.checkOthers(fmt.Sprintf("load: %s at concurrency %d", s.Name, n), r.OtherCPU)
-			res.Load = append(res.Load, r)
-		}
-	}
-	if rate, slots := pl.pacedRate, pl.pacedSlots; rate > 0 && pl.phases["paced"] {
-		h.progress("round-trip floor, one frame at a time, %d a second", rate)
-		f, err := h.floor(ctx, rate)
-		if err != nil {
-			return nil, err
-		}
-		res.Floor = &f
-		for _, s := range specs {
-			h.progress("paced load: %s, %d tasks/s offered, %d slots", s.Name, rate, slots)
-			r, err := h.load(ctx, s, slots, rate, nil)
-			if err != nil {
-				return nil, err
-			}
-			h.checkFailures(r)
-			h.checkOthers(fmt.Sprintf("paced load: %s", s.Name), r.OtherCPU)
-			res.Paced = append(res.Paced, r)
-		}
-	}
-	// At idle the handler does not matter: one Go runner stands for both.
-	for _, s := range specs {
-		if s.Name == goData || !pl.phases["idle"] {
-			continue
-		}
-		for _, n := range slotCounts {
-			h.progress("idle: %s with %d slots", s.Name, n)
-			r, err := h.idle(ctx, s, n, nil)
-			if err != nil {
-				return nil, err
-			}
-			h.checkOthers(fmt.Sprintf("idle: %s with %d slots", s.Name, n), r.OtherCPU)
-			res.Idle = append(res.Idle, r)
+			res.Idle = append(res.Idle, r...)
 		}
 	}
 	if pl.phases["profile"] {
-		if err := h.profiles(ctx, specs, pl.profile, concs, slotCounts, res); err != nil {
+		if err := h.profiles(ctx, specs, pl.profile, pl.concs, pl.slotCounts, res); err != nil {
 			return nil, err
 		}
+	}
+	if h.retries > 0 {
+		h.note("%d measurements were taken again because other processes were busy", h.retries)
 	}
 	res.Notes = h.notes
 	res.DurationS = time.Since(start).Seconds()
@@ -447,7 +461,11 @@ func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []stri
 				args = append(args, "-trace", base+".trace")
 			}
 			h.progress("profile: %s at concurrency %d", spec.Name, n)
-			if _, err := h.load(ctx, spec, n, 0, args); err != nil {
+			err := h.withRunner(ctx, spec, n, fmt.Sprintf("c%d-profile", n), args, func(l *live) error {
+				l.sess.StartLoad(n)
+				return sleep(ctx, h.warmup+time.Duration(h.rounds)*h.slice)
+			})
+			if err != nil {
 				return err
 			}
 			res.Profiles[spec.Name+"-load"] = base + ".pprof"
@@ -457,7 +475,9 @@ func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []stri
 			n := slices.Max(slotCounts)
 			path := filepath.Join(h.out, fmt.Sprintf("%s-idle%d.pprof", spec.Name, n))
 			h.progress("profile: %s idle with %d slots", spec.Name, n)
-			if _, err := h.idle(ctx, spec, n, []string{"-cpuprofile", path}); err != nil {
+			err := h.withRunner(ctx, spec, n, fmt.Sprintf("idle%d-profile", n), []string{"-cpuprofile", path},
+				func(*live) error { return sleep(ctx, h.idleSettle+h.idleSpan) })
+			if err != nil {
 				return err
 			}
 			res.Profiles[spec.Name+"-idle"] = path
@@ -476,12 +496,28 @@ func (h *harness) checkFailures(r LoadResult) {
 }
 
 // othersLimit is how much of a core other processes may use during a
-// phase before the report says so: the figures are then less sure.
+// measurement before it is taken again: its figures are then less sure.
 const othersLimit = 10
 
-func (h *harness) checkOthers(phase string, other float64) {
-	if other > othersLimit {
-		h.note("%s: other processes kept %.0f %% of a core busy during the measurement", phase, other)
+// quiet runs a measurement and, while other processes kept more than
+// othersLimit of a core busy during it and h.retryBudget lasts, takes it
+// again. It keeps the last result, and notes it if it was still disturbed.
+func quiet[T any](h *harness, name string, measure func() (T, float64, error)) (T, error) {
+	for {
+		h.progress("%s", name)
+		start := time.Now()
+		r, other, err := measure()
+		if err != nil || other <= othersLimit {
+			return r, err
+		}
+		if h.retryBudget <= 0 {
+			h.note("%s: other processes or the hypervisor kept %.0f %% of a core busy during the measurement",
+				name, other)
+			return r, nil
+		}
+		h.progress("%s: other processes or the hypervisor kept %.0f %% of a core busy; measuring again", name, other)
+		h.retryBudget -= time.Since(start)
+		h.retries++
 	}
 }
 

@@ -33,9 +33,12 @@ func renderMarkdown(res *Results, x reportExtras) string {
 	}
 	fmt.Fprintf(&b, ". The simulator and the runner under test share the machine.\n\n")
 	st := res.Settings
-	fmt.Fprintf(&b, "Windows: under load, %s of warm-up, then %s measured per runner and concurrency; "+
-		"idle, CPU and offers counted over %s starting %s after registration, memory read at the end; "+
-		"ceiling, %s per depth.\n\n", st["warmup"], st["measure"], st["idleWindow"], st["idleSettle"], st["ceiling"])
+	fmt.Fprintf(&b, "Windows: under load, all runners of a setting run at once, each with its own simulator; "+
+		"after %s of warm-up each, they are measured in %s rounds of one %s slice each (after a %s ramp), "+
+		"in rotating order, with a slice of the ceiling in every round. "+
+		"Idle: the runners side by side, CPU and offers counted over %s starting %s after registration, "+
+		"memory read at the end.\n\n",
+		st["warmup"], st["rounds"], st["slice"], st["sliceWarmup"], st["idleWindow"], st["idleSettle"])
 	if x.pngRef != "" {
 		fmt.Fprintf(&b, "![tasks/s and p99 accept latency per runner and concurrency](%s)\n\n", x.pngRef)
 	}

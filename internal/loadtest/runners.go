@@ -132,28 +132,28 @@ func logTail(path string) string {
 	return string(bytes.TrimSpace(b))
 }
 
-// withRunner starts a simulator and a runner with the given slots, waits
-// for it to register, runs fn, then drains the runner as n8n does and
-// waits for it to exit.
-func (h *harness) withRunner(ctx context.Context, spec runnerSpec, slots int, tag string, extra []string,
-	fn func(sess *session, p *proc) error) error {
+// live is a runner process registered with a simulator of its own.
+type live struct {
+	spec runnerSpec
+	tag  string
+	sim  *Sim
+	sess *session
+	proc *proc
+}
+
+// start starts a simulator and a runner with the given slots and waits
+// for the runner to register.
+func (h *harness) start(ctx context.Context, spec runnerSpec, slots int, tag string, extra []string) (*live, error) {
 	sim, err := NewSim(authToken, slots)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer sim.Close()
-
 	logPath := filepath.Join(h.out, "logs", fmt.Sprintf("%s-%s.log", spec.Name, tag))
 	p, err := startProc(spec.cmd(sim, slots, extra), logPath)
 	if err != nil {
-		return fmt.Errorf("start %s: %w", spec.Name, err)
+		sim.Close()
+		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
-	exitedCleanly := false
-	defer func() {
-		if !exitedCleanly {
-			p.stop(0)
-		}
-	}()
 
 	regCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -166,16 +166,32 @@ func (h *harness) withRunner(ctx context.Context, spec runnerSpec, slots int, ta
 	}()
 	sess, err := sim.WaitRegistered(regCtx)
 	if err != nil {
-		return fmt.Errorf("%s: %w; its output ends: %s", spec.Name, err, logTail(logPath))
+		p.stop(0)
+		sim.Close()
+		return nil, fmt.Errorf("%s: %w; its output ends: %s", spec.Name, err, logTail(logPath))
 	}
+	return &live{spec: spec, tag: tag, sim: sim, sess: sess, proc: p}, nil
+}
 
-	err = fn(sess, p)
-	sess.Drain(3 * time.Second)
-	exitedCleanly = p.stop(5 * time.Second)
-	if !exitedCleanly {
-		h.note("%s (%s) did not exit within 5 s of the drain and close; it was signalled", spec.Name, tag)
+// stop drains the runner as n8n does on shutdown, waits for it to exit,
+// and stops its simulator.
+func (h *harness) stop(l *live) {
+	l.sess.Drain(3 * time.Second)
+	if !l.proc.stop(5 * time.Second) {
+		h.note("%s (%s) did not exit within 5 s of the drain and close; it was signalled", l.spec.Name, l.tag)
 	}
-	return err
+	l.sim.Close()
+}
+
+// withRunner starts a runner, runs fn, and stops it.
+func (h *harness) withRunner(ctx context.Context, spec runnerSpec, slots int, tag string, extra []string,
+	fn func(l *live) error) error {
+	l, err := h.start(ctx, spec, slots, tag, extra)
+	if err != nil {
+		return err
+	}
+	defer h.stop(l)
+	return fn(l)
 }
 
 // sleep waits for d or until ctx is done.

@@ -33,6 +33,7 @@ type session struct {
 	waiting    int              // task requests waiting for an offer
 	load       bool             // requests are being submitted
 	closed     bool             // a finished task is replaced by a new request
+	pacer      int              // generation of the paced submitter; a stale one stops
 	slots      int              // the runner's concurrency, for the slot accounting
 	nextTask   uint64
 	firstOffer int64 // when the first offer arrived; 0 before
@@ -74,6 +75,23 @@ type Stats struct {
 
 // Seconds is the length of the window.
 func (st *Stats) Seconds() float64 { return float64(st.End-st.Start) / 1e9 }
+
+// add merges the counts and samples of another window into st; Start and
+// End become the total length from 0.
+func (st *Stats) add(o *Stats) {
+	st.End += o.End - o.Start
+	st.Done += o.Done
+	st.Errors += o.Errors
+	st.Rejected += o.Rejected
+	st.Deferred += o.Deferred
+	st.AcceptTimeouts += o.AcceptTimeouts
+	st.Offers += o.Offers
+	st.AcceptLat = append(st.AcceptLat, o.AcceptLat...)
+	st.SlotLat = append(st.SlotLat, o.SlotLat...)
+	if st.FirstError == "" {
+		st.FirstError = o.FirstError
+	}
+}
 
 func newSession(sim *Sim, ws *websocket.Conn) *session {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -342,6 +360,8 @@ func (ss *session) StartLoad(n int) {
 func (ss *session) StartPaced(rate int) {
 	ss.mu.Lock()
 	ss.load = true
+	ss.pacer++
+	gen := ss.pacer
 	ss.mu.Unlock()
 	interval := time.Second / time.Duration(rate)
 	go func() {
@@ -358,7 +378,7 @@ func (ss *session) StartPaced(rate int) {
 			// Catch up on ticks the ticker dropped, so the rate holds.
 			due := int(time.Since(start) / interval)
 			ss.mu.Lock()
-			if !ss.load {
+			if !ss.load || ss.pacer != gen {
 				ss.mu.Unlock()
 				return
 			}
@@ -406,6 +426,41 @@ func (ss *session) OfferDelays() (first, full time.Duration) {
 	return first, full
 }
 
+// StopLoad stops submitting requests, withdraws those still waiting for
+// an offer, and waits up to wait for the tasks in flight to end.
+func (ss *session) StopLoad(wait time.Duration) {
+	ss.mu.Lock()
+	ss.load, ss.closed = false, false
+	ss.pacer++
+	ss.waiting = 0
+	ss.freed, ss.early = ss.freed[:0], 0
+	ss.mu.Unlock()
+	ss.waitIdle(wait)
+}
+
+// waitIdle waits up to wait for no task to be in flight.
+func (ss *session) waitIdle(wait time.Duration) {
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		ss.mu.Lock()
+		busy := len(ss.tasks) + len(ss.accepting)
+		ss.mu.Unlock()
+		if busy == 0 {
+			return
+		}
+		select {
+		case <-poll.C:
+		case <-deadline.C:
+			return
+		case <-ss.done:
+			return
+		}
+	}
+}
+
 // Drain ends the session as n8n ends a runner's on shutdown: no more
 // requests, broker:drain, a wait of up to grace for the tasks in flight,
 // then a close with 1001. It returns once the connection has ended.
@@ -415,27 +470,7 @@ func (ss *session) Drain(grace time.Duration) {
 	ss.waiting = 0
 	ss.mu.Unlock()
 	ss.out.push(outFrame{b: drainFrame})
-
-	poll := time.NewTicker(10 * time.Millisecond)
-	defer poll.Stop()
-	deadline := time.NewTimer(grace)
-	defer deadline.Stop()
-wait:
-	for {
-		ss.mu.Lock()
-		busy := len(ss.tasks) + len(ss.accepting)
-		ss.mu.Unlock()
-		if busy == 0 {
-			break
-		}
-		select {
-		case <-poll.C:
-		case <-deadline.C:
-			break wait
-		case <-ss.done:
-			return
-		}
-	}
+	ss.waitIdle(grace)
 
 	ss.out.push(outFrame{close: true})
 	select {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -20,7 +19,7 @@ var echoFrame = []byte(`{"type":"runner:taskaccepted","taskId":"abcdefgh"}`)
 // endpoint with inflight frames outstanding, and prints
 // {"inflight":N,"roundTrips":N,"seconds":S,"cpuPercent":P} on stdout.
 // With rate > 0 it sends one frame at a time, rate a second, and prints
-// the round trips' percentiles instead.
+// every round trip instead.
 func echo(ctx context.Context, url string, inflight, rate int, warmup, duration time.Duration) error {
 	if url == "" || inflight < 1 {
 		return fmt.Errorf("echo needs -url and -inflight >= 1")
@@ -97,7 +96,7 @@ func cpuTime() time.Duration {
 }
 
 // echoPaced sends one small frame every 1/rate seconds and waits for it to
-// come back, and prints {"rate":N,"samples":N,"p50us":X,"p99us":Y}.
+// come back, and prints {"rttNanos":[...],"cpuPercent":P}.
 func echoPaced(ctx context.Context, url string, rate int, duration time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, duration+10*time.Second)
 	defer cancel()
@@ -109,8 +108,9 @@ func echoPaced(ctx context.Context, url string, rate int, duration time.Duration
 
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
-	var rtts []time.Duration
-	for end := time.Now().Add(duration); time.Now().Before(end); {
+	var rtts []int64
+	begin, cpu0 := time.Now(), cpuTime()
+	for end := begin.Add(duration); time.Now().Before(end); {
 		<-tick.C
 		start := time.Now()
 		if err := ws.Write(ctx, websocket.MessageText, echoFrame); err != nil {
@@ -119,12 +119,9 @@ func echoPaced(ctx context.Context, url string, rate int, duration time.Duration
 		if _, _, err := ws.Read(ctx); err != nil {
 			return err
 		}
-		rtts = append(rtts, time.Since(start))
+		rtts = append(rtts, time.Since(start).Nanoseconds())
 	}
+	cpu := 100 * (cpuTime() - cpu0).Seconds() / time.Since(begin).Seconds()
 	ws.Close(websocket.StatusNormalClosure, "")
-	slices.Sort(rtts)
-	at := func(p int) float64 { return float64(rtts[(len(rtts)*p+99)/100-1].Nanoseconds()) / 1e3 }
-	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"rate": rate, "samples": len(rtts), "p50us": at(50), "p99us": at(99),
-	})
+	return json.NewEncoder(os.Stdout).Encode(map[string]any{"rttNanos": rtts, "cpuPercent": cpu})
 }

@@ -10,8 +10,8 @@
 // The echo mode is not a runner: it measures the ceiling, small frames sent
 // to the simulator's echo endpoint and read back over the same WebSocket
 // stack, keeping -inflight of them outstanding, and prints the count as
-// JSON; with -rate, one frame at a time at that rate, and it prints the
-// round trips' p50 and p99.
+// JSON; with -rate, one frame at a time at that rate, and it prints every
+// round trip.
 //
 // It exits 0 when the broker drained it and closed the connection, or on
 // SIGINT or SIGTERM; -cpuprofile and -trace write a CPU profile and an
@@ -42,7 +42,7 @@ func main() {
 	traceFile := flag.String("trace", "", "write an execution trace to this file")
 	url := flag.String("url", "", "echo: WebSocket URL of the echo endpoint")
 	inflight := flag.Int("inflight", 1, "echo: frames kept outstanding")
-	rate := flag.Int("rate", 0, "echo: send one frame at a time, this many a second, and report percentiles")
+	rate := flag.Int("rate", 0, "echo: send one frame at a time, this many a second, and print each round trip")
 	duration := flag.Duration("duration", 3*time.Second, "echo: how long to measure")
 	warmup := flag.Duration("warmup", 500*time.Millisecond, "echo: how long to run before measuring")
 	flag.Parse()
