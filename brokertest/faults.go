@@ -845,10 +845,10 @@ type TaskInfo struct {
 	Faults []Fault
 }
 
-// taskRecord is the broker's record of one task id.
+// taskRecord is the broker's record of one task id. It holds no pointer
+// to its Request, so that a long history stays small.
 type taskRecord struct {
 	TaskInfo
-	req        *Request
 	conn       *runnerConn
 	settingsAt time.Time // when the first settings were sent
 }
@@ -887,14 +887,14 @@ func (b *Broker) newTaskIDLocked() string {
 // recordLocked starts the record of a task id and forgets the oldest
 // finished records beyond the history limit.
 func (b *Broker) newRecordLocked(req *Request, c *runnerConn, offerID string) *taskRecord {
-	rec := &taskRecord{TaskInfo: TaskInfo{TaskID: req.taskID, RunnerID: c.id, OfferID: offerID}, req: req, conn: c}
+	rec := &taskRecord{TaskInfo: TaskInfo{TaskID: req.taskID, RunnerID: c.id, OfferID: offerID}, conn: c}
 	b.history[req.taskID] = rec
 	b.historyOrder = append(b.historyOrder, req.taskID)
 	for len(b.historyOrder)-b.historyHead > b.historyLimit {
 		id := b.historyOrder[b.historyHead]
 		b.historyOrder[b.historyHead] = ""
 		b.historyHead++
-		if old := b.history[id]; old != nil && (b.accepts[id] == old.req || b.tasks[id] == old.req) {
+		if b.accepts[id] != nil || b.tasks[id] != nil {
 			b.historyOrder = append(b.historyOrder, id) // still in progress
 			continue
 		}
@@ -915,8 +915,9 @@ func (b *Broker) noteAnswerLocked(c *runnerConn, taskID, answer string) {
 	if rec == nil || rec.conn != c || rec.AcceptSent.IsZero() {
 		return
 	}
-	if o := rec.req.hiddenOffer; o != nil && b.accepts[taskID] == rec.req {
-		rec.req.hiddenOffer = nil
+	if req := b.accepts[taskID]; req != nil && req.conn == c && req.hiddenOffer != nil {
+		o := req.hiddenOffer
+		req.hiddenOffer = nil
 		if answer == n8nrunner.TypeRunnerTaskAccepted {
 			b.anomalyLocked("task %s accepted by runner %s though its accept named an unknown offer", taskID, c.id)
 		} else if !o.conn.gone && o.valid(time.Now()) {
