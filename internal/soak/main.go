@@ -29,6 +29,7 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -48,6 +49,8 @@ func main() {
 		wsFraction  = flag.Float64("ws-fraction", 0.02, "fraction of the tasks run over loopback WebSocket")
 		allow       = flag.String("allow", "", "comma-separated violation kinds to report without failing, for known bugs")
 		quiet       = flag.Bool("q", false, "no progress lines")
+		cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the whole soak to this file")
+		memProfile  = flag.String("memprofile", "", "write a heap profile, taken at the end of the in-memory phase, to this file")
 	)
 	flag.Parse()
 	kinds, err := parseFaults(*faults)
@@ -70,11 +73,33 @@ func main() {
 		o.Progress = os.Stderr
 	}
 
+	if *memProfile != "" {
+		f, err := os.Create(*memProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		o.MemProfile = f
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "soak:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	s := soak(ctx, o)
 	s.print(os.Stdout)
 	if s.failed() {
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	mrand "math/rand/v2"
 	"net/http"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -46,6 +47,9 @@ type options struct {
 	// Allow lists violation kinds that are reported but do not fail the
 	// soak, for known bugs.
 	Allow []string
+	// MemProfile, if set, receives a heap profile taken when the
+	// in-memory phase has submitted its last task, before it winds down.
+	MemProfile io.Writer
 	// Progress receives a line every ProgressEvery; nil: none.
 	Progress      io.Writer
 	ProgressEvery time.Duration
@@ -353,7 +357,9 @@ func (p *phase) run(ctx, submitCtx context.Context) {
 	p.logs = &logSink{limit: 64 << 20}
 	opts := []brokertest.Option{
 		brokertest.WithoutRecording(),
-		brokertest.WithTaskHistory(1 << 17),
+		// A second terminal message for a task the broker has forgotten
+		// still counts, as one for an unknown task.
+		brokertest.WithTaskHistory(1 << 14),
 		brokertest.WithExposureLimit(p.o.Concurrency),
 		brokertest.WithRunnerReadLimit(maxPayload),
 		brokertest.WithRequestTimeout(requestTimeout),
@@ -431,6 +437,12 @@ func (p *phase) run(ctx, submitCtx context.Context) {
 	}
 
 	submitted := p.submit(ctx, submitCtx, stopFaults)
+	if p.o.MemProfile != nil && !p.ws {
+		runtime.GC()
+		if err := pprof.WriteHeapProfile(p.o.MemProfile); err != nil {
+			p.s.violate("setup", "heap profile: %v", err)
+		}
+	}
 	stopFaults()
 	injecting.Wait()
 
