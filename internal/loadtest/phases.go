@@ -417,9 +417,13 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 				idlers = append(idlers, s)
 			}
 		}
-		for _, n := range pl.slotCounts {
+		for i, n := range pl.slotCounts {
+			group := idlers
+			if i == 0 {
+				group = append(slices.Clone(idlers), h.baselineSpec())
+			}
 			r, err := quiet(h, fmt.Sprintf("idle with %d slots", n), func() ([]IdleResult, float64, error) {
-				return h.idle(ctx, idlers, n, nil)
+				return h.idle(ctx, group, n, nil)
 			})
 			if err != nil {
 				return nil, err

@@ -99,7 +99,9 @@ func renderMarkdown(res *Results, x reportExtras) string {
 			pct(i.CPU.Ticks), pct(i.CPU.Sched), i.RSSMiB, i.OffersPerSec, msec(i.FirstOfferMs), msec(i.FullPoolMs))
 	}
 	b.WriteString("\nCPU is in % of one core; utime+stime comes in 10 ms ticks, so over the window one tick is " +
-		tickShare(res) + "; schedstat counts nanoseconds.\n")
+		tickShare(res) + "; schedstat counts nanoseconds. `go-baseline` is the floor for an idle Go client: " +
+		"a process that registers over the same WebSocket stack and then only wakes every 250 ms, " +
+		"sending nothing.\n")
 
 	b.WriteString("\n### Targets\n\n")
 	b.WriteString("| target | measured | verdict |\n|---|---|---|\n")
@@ -154,7 +156,9 @@ func targets(res *Results, x reportExtras) []target {
 					})
 				}
 			}
-			if s := ceilingShare(res, l); s >= 0 {
+			// The ceiling is of small frames; the like-for-like task's
+			// data response is not one, so only the no-op is held to it.
+			if s := ceilingShare(res, l); s >= 0 && name == goPlain {
 				ts = append(ts, target{
 					fmt.Sprintf("`%s` ≥ ½ of the ceiling ÷ %d frames, conc. %d", name, res.Frames[name], conc),
 					fmt.Sprintf("%.0f %% of it", 100*s),
@@ -223,15 +227,25 @@ func targets(res *Results, x reportExtras) []target {
 			"worst " + msec(firstWorst) + " over every Go run",
 			verdict(firstWorst < 5, fmt.Sprintf("%.2f× the bound", firstWorst/5))})
 	}
+	var base *IdleResult
+	for k, i := range res.Idle {
+		if i.Runner == goBaseline {
+			base = &res.Idle[k]
+		}
+	}
 	for _, i := range res.Idle {
 		if i.Runner != goPlain || i.Slots != 10 {
 			continue
 		}
-		ts = append(ts, target{"idle CPU < 0.1 % of a core at 10 slots",
-			fmt.Sprintf("%s (utime+stime), %s (schedstat)", pct(i.CPU.Ticks), pct(i.CPU.Sched)),
+		cpu := fmt.Sprintf("%s (utime+stime), %s (schedstat)", pct(i.CPU.Ticks), pct(i.CPU.Sched))
+		rss := fmt.Sprintf("%.1f MiB", i.RSSMiB)
+		if base != nil {
+			cpu += fmt.Sprintf("; baseline %s, %s", pct(base.CPU.Ticks), pct(base.CPU.Sched))
+			rss += fmt.Sprintf("; baseline %.1f MiB", base.RSSMiB)
+		}
+		ts = append(ts, target{"idle CPU < 0.1 % of a core at 10 slots", cpu,
 			verdict(i.CPU.Ticks < 0.1 && i.CPU.Sched < 0.1, fmt.Sprintf("%.1f× the bound", math.Max(i.CPU.Ticks, i.CPU.Sched)/0.1))})
-		ts = append(ts, target{"idle resident memory < 10 MiB at 10 slots",
-			fmt.Sprintf("%.1f MiB", i.RSSMiB),
+		ts = append(ts, target{"idle resident memory < 10 MiB at 10 slots", rss,
 			verdict(i.RSSMiB < 10, fmt.Sprintf("%.2f× the bound", i.RSSMiB/10))})
 	}
 	if x.goBench != "" {

@@ -17,9 +17,10 @@ const authToken = "loadtest-auth-token"
 
 // Runner names, as the tables and the plot show them.
 const (
-	goPlain = "go-plain"
-	goData  = "go-data"
-	jsName  = "js"
+	goPlain    = "go-plain"
+	goData     = "go-data"
+	jsName     = "js"
+	goBaseline = "go-baseline"
 )
 
 // runnerSpec is one runner under test and how to start it.
@@ -73,6 +74,19 @@ func (h *harness) specs() []runnerSpec {
 		})
 	}
 	return specs
+}
+
+// baselineSpec is the idle floor: a Go process that registers and then
+// only wakes every 250 ms.
+func (h *harness) baselineSpec() runnerSpec {
+	return runnerSpec{
+		Name: goBaseline, Label: "baseline: registers, then only a 250 ms ticker",
+		cmd: func(sim *Sim, slots int, _ []string) *exec.Cmd {
+			cmd := exec.Command(h.gorunner, "-mode", "baseline")
+			cmd.Env = env(sim, slots, "N8N_RUNNERS_GRANT_TOKEN="+sim.IssueGrant())
+			return cmd
+		},
+	}
 }
 
 // proc is a started runner process.

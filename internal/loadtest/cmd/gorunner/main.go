@@ -6,12 +6,15 @@
 //	gorunner -mode data     # one data request first, as n8n's JS runner does
 //	gorunner -mode echo -url ws://127.0.0.1:PORT/echo -inflight 10 -duration 3s
 //	gorunner -mode echo -url ws://127.0.0.1:PORT/echo -rate 200 -duration 3s
+//	gorunner -mode baseline # registers, then only wakes every 250 ms
 //
 // The echo mode is not a runner: it measures the ceiling, small frames sent
 // to the simulator's echo endpoint and read back over the same WebSocket
 // stack, keeping -inflight of them outstanding, and prints the count as
 // JSON; with -rate, one frame at a time at that rate, and it prints every
-// round trip.
+// round trip. The baseline mode is not a runner either: it registers and
+// then does nothing but wake every 250 ms, the floor idle figures are read
+// against.
 //
 // It exits 0 when the broker drained it and closed the connection, or on
 // SIGINT or SIGTERM; -cpuprofile and -trace write a CPU profile and an
@@ -36,7 +39,7 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "plain", "plain, data or echo")
+	mode := flag.String("mode", "plain", "plain, data, echo or baseline")
 	taskType := flag.String("type", "javascript", "task type to serve")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile to this file")
 	traceFile := flag.String("trace", "", "write an execution trace to this file")
@@ -75,9 +78,12 @@ func main() {
 	}
 
 	var err error
-	if *mode == "echo" {
+	switch *mode {
+	case "echo":
 		err = echo(ctx, *url, *inflight, *rate, *warmup, *duration)
-	} else {
+	case "baseline":
+		err = baseline(ctx)
+	default:
 		err = serve(ctx, *mode, *taskType)
 	}
 	if err != nil {
