@@ -144,14 +144,23 @@ func (r *Runner) roomLocked(s *session, taskType string) bool {
 
 // topUpLocked sends offers until the limits are reached, to the type with
 // the fewest open offers first. It does nothing before registration, while
-// draining, stopping or paused, or on a dead connection.
-func (r *Runner) topUpLocked(s *session) {
+// draining, stopping or paused, or on a dead connection. The offers go out
+// ahead of queued results and requests.
+func (r *Runner) topUpLocked(s *session) { r.fillLocked(s, true) }
+
+// refillLocked is topUpLocked for a slot a task has just freed: its offers
+// queue behind the frames already queued, the task's result among them, so
+// that the broker never sees the slot offered while it still holds the
+// task, and a result never waits behind a stream of offers.
+func (r *Runner) refillLocked(s *session) { r.fillLocked(s, false) }
+
+func (r *Runner) fillLocked(s *session, urgent bool) {
 	if s == nil || !s.registered || s.draining || r.stopping || r.paused || s.ctx.Err() != nil {
 		return
 	}
 	now := time.Now()
 	if !r.readyLocked() {
-		r.standbyLocked(s, now)
+		r.standbyLocked(s, now, urgent)
 		return
 	}
 	for {
@@ -160,26 +169,26 @@ func (r *Runner) topUpLocked(s *session) {
 			return
 		}
 		validFor := offerValidity()
-		r.offerLocked(s, taskType, validFor.Milliseconds(), now.Add(validFor+offerGrace))
+		r.offerLocked(s, taskType, validFor.Milliseconds(), now.Add(validFor+offerGrace), urgent)
 	}
 }
 
 // standbyLocked keeps one standing offer per type open while the runner
 // is not ready.
-func (r *Runner) standbyLocked(s *session, now time.Time) {
+func (r *Runner) standbyLocked(s *session, now time.Time, urgent bool) {
 	for _, taskType := range r.types {
 		if s.offers.count(taskType) > 0 || !r.roomLocked(s, taskType) ||
 			now.Sub(r.deferredAt[taskType]) < standbyReoffer {
 			continue
 		}
-		r.offerLocked(s, taskType, -1, now.Add(standingValidity))
+		r.offerLocked(s, taskType, -1, now.Add(standingValidity), urgent)
 	}
 }
 
-func (r *Runner) offerLocked(s *session, taskType string, validFor int64, expires time.Time) {
+func (r *Runner) offerLocked(s *session, taskType string, validFor int64, expires time.Time, urgent bool) {
 	o := &offer{id: gonanoid.Must(), taskType: taskType, expires: expires}
 	s.offers.add(o)
-	s.send(RunnerTaskOffer{OfferID: o.id, TaskType: taskType, ValidFor: validFor}, true)
+	s.send(RunnerTaskOffer{OfferID: o.id, TaskType: taskType, ValidFor: validFor}, urgent)
 	r.counters.OffersSent++
 }
 

@@ -458,7 +458,7 @@ func (r *Runner) removeTaskLocked(t *Task) {
 	case r.taskEnded <- struct{}{}:
 	default:
 	}
-	r.topUpLocked(r.sess)
+	r.refillLocked(r.sess)
 }
 
 func (r *Runner) sendErrorLocked(t *Task, msg string) {

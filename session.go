@@ -136,6 +136,11 @@ func (s *session) dispatch(frame []byte) error {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if s.ctx.Err() != nil {
+		// The connection has ended (its tasks are being dropped): a frame
+		// read just before must not start anything on it.
+		return nil
+	}
 	switch m := m.(type) {
 	case BrokerInfoRequest:
 		s.send(RunnerInfo{Name: r.name, Types: r.types}, true)

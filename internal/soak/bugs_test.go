@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -17,16 +16,7 @@ import (
 	"github.com/offerloop/n8nrunner/brokertest"
 )
 
-// Reproductions of runner bugs the soak found. Each test asserts the
-// behaviour the runner should have; they are skipped until the bug is
-// fixed (set SOAK_KNOWN_BUGS=1 to run them), then the skip goes.
-
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("SOAK_KNOWN_BUGS") == "" {
-		t.Skip("known runner bug: " + what + " (SOAK_KNOWN_BUGS=1 runs it)")
-	}
-}
+// Regression tests for runner bugs the soak found.
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -34,7 +24,6 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 // re-opens its slot, or the broker holds more of the runner than its
 // maximum concurrency (and results wait behind offers under load).
 func TestBugOfferOvertakesResult(t *testing.T) {
-	knownBug(t, "the re-offer of a freed slot is sent before the task's result")
 	b := brokertest.New(brokertest.WithExposureLimit(1))
 	defer b.Close()
 	cfg := n8nrunner.DefaultConfig()
@@ -115,7 +104,6 @@ func (c *scriptedConn) Close(int, string) error {
 // the broker never sends its settings, so the task holds a slot until the
 // 10 s settings wait runs out, and a stop meanwhile is forced.
 func TestBugAcceptOnEndedSession(t *testing.T) {
-	knownBug(t, "an accept read just before its connection ended creates a task that holds a slot for 10 s")
 	b := brokertest.New()
 	defer b.Close()
 	first := newScriptedConn()

@@ -17,18 +17,8 @@ import (
 )
 
 // knownRunnerBugs are violation kinds the soak finds in the runner today;
-// they are reported in the test log but do not fail it. Remove a kind
-// once its bug is fixed.
-//
-// over-exposed: a finished task's result is queued behind the re-offer of
-// its slot (offers go first), so under load the broker holds more offers
-// and tasks of the runner than its maximum concurrency (reproduced by
-// TestBugOfferOvertakesResult).
-//
-// forced-stop: an accept read just before its connection ended creates a
-// task on the dead session that holds a slot for 10 s, so a stop soon
-// after is forced (reproduced by TestBugAcceptOnEndedSession). Rare.
-var knownRunnerBugs = []string{"over-exposed", "forced-stop"}
+// they are reported in the test log but do not fail it. None are known.
+var knownRunnerBugs = []string{}
 
 func TestShortSoak(t *testing.T) {
 	tasks := 20000
