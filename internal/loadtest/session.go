@@ -121,7 +121,9 @@ func (ss *session) run() {
 	ss.out.push(outFrame{b: infoRequestFrame})
 
 	for {
-		_, frame, err := ss.ws.Read(ss.ctx)
+		// As in the writer, a context without Done; the connection's
+		// close ends the read.
+		_, frame, err := ss.ws.Read(context.Background())
 		if err != nil {
 			return
 		}

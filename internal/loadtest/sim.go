@@ -181,7 +181,7 @@ func (s *Sim) serveEcho(w http.ResponseWriter, r *http.Request) {
 	out := newOutbox()
 	go out.writeLoop(ctx, ws, s)
 	for {
-		_, frame, err := ws.Read(ctx)
+		_, frame, err := ws.Read(context.Background()) // as a runner session reads
 		if err != nil {
 			ws.CloseNow()
 			return
@@ -272,7 +272,9 @@ func (o *outbox) writeLoop(ctx context.Context, ws *websocket.Conn, s *Sim) {
 				ws.Close(websocket.StatusGoingAway, "")
 				return
 			}
-			if err := ws.Write(ctx, websocket.MessageText, f.b); err != nil {
+			// A context without Done spares coder/websocket arming a
+			// context.AfterFunc per frame; CloseNow unblocks a stuck write.
+			if err := ws.Write(context.Background(), websocket.MessageText, f.b); err != nil {
 				ws.CloseNow()
 				return
 			}
