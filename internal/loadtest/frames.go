@@ -190,8 +190,6 @@ func appendString(b []byte, s string) []byte {
 // inFrame is every field the simulator reads from a runner's frames.
 type inFrame struct {
 	Type      string          `json:"type"`
-	Name      string          `json:"name"`
-	Types     []string        `json:"types"`
 	OfferID   string          `json:"offerId"`
 	TaskType  string          `json:"taskType"`
 	ValidFor  *float64        `json:"validFor"`

@@ -26,7 +26,6 @@ type session struct {
 	// mu guards the fields below.
 	mu         sync.Mutex
 	registered bool
-	name       string
 	offers     []heldOffer      // oldest first, as n8n matches them
 	accepting  map[string]*task // accept sent, no answer yet
 	tasks      map[string]*task // accepted, no result yet
@@ -36,11 +35,11 @@ type session struct {
 	pacer      int              // generation of the paced submitter; a stale one stops
 	slots      int              // the runner's concurrency, for the slot accounting
 	nextTask   uint64
-	firstOffer int64 // when the first offer arrived; 0 before
-	fullPool   int64 // when the open offers first numbered slots; 0 before
-	freed      []int64
-	early      int
-	st         *Stats // the measurement in progress, or nil
+	firstOffer int64   // when the first offer arrived; 0 before
+	fullPool   int64   // when the open offers first numbered slots; 0 before
+	freed      []int64 // when each slot a result freed, and no offer refilled yet, was freed
+	early      int     // offers that came before the result whose slot they fill
+	st         *Stats  // the measurement in progress, or nil
 }
 
 // A heldOffer is an offer the broker keeps until it matches or expires.
@@ -189,7 +188,6 @@ func (ss *session) handle(frame []byte, now int64) {
 	if !ss.registered {
 		if m.Type == "runner:info" {
 			ss.registered = true
-			ss.name = m.Name
 			ss.out.push(outFrame{b: registeredFrame, stamp: &ss.regSent})
 			ss.sim.setSession(ss)
 		}
