@@ -34,10 +34,10 @@ var palette = color.Palette{
 
 // Plot geometry, in pixels.
 const (
-	plotW, plotH = 1100, 500
+	plotW, plotH = 1100, 530
 	panelW       = 450
-	panelTop     = 120
-	panelBottom  = 440
+	panelTop     = 150 // room for a title and two rows of legend
+	panelBottom  = 470
 )
 
 // renderPlot draws tasks/s and p99 accept latency per runner and
@@ -47,15 +47,26 @@ func renderPlot(res *Results) ([]byte, error) {
 	runners := runnerOrder(res)
 
 	drawText(img, 20, 14, "NO-OP TASKS THROUGH ONE CONNECTION TO A LOOPBACK BROKER SIMULATOR", 2, cText)
-	x := 20
-	for i, name := range runners {
-		fillRect(img, x, 46, 14, 14, cRunner+uint8(i))
-		label := strings.ToUpper(res.Runners[name])
-		drawText(img, x+20, 46, label, 2, cText)
-		x += 20 + textWidth(label, 2) + 30
+	// The legend, wrapped to the width of the plot.
+	x, y := 20, 46
+	item := func(w int, draw func(x, y int)) {
+		if x+w > plotW-20 {
+			x, y = 20, y+24
+		}
+		draw(x, y)
+		x += w + 30
 	}
-	fillRect(img, x, 52, 24, 3, cBlack)
-	drawText(img, x+30, 46, "CEILING, 5 FRAMES", 2, cText)
+	for i, name := range runners {
+		label := strings.ToUpper(res.Runners[name])
+		item(20+textWidth(label, 2), func(x, y int) {
+			fillRect(img, x, y, 14, 14, cRunner+uint8(i))
+			drawText(img, x+20, y, label, 2, cText)
+		})
+	}
+	item(30+textWidth("CEILING, 5 FRAMES", 2), func(x, y int) {
+		fillRect(img, x, y+6, 24, 3, cBlack)
+		drawText(img, x+30, y, "CEILING, 5 FRAMES", 2, cText)
+	})
 
 	tput := func(l LoadResult) float64 { return l.TasksPerSec }
 	p99 := func(l LoadResult) float64 { return l.AcceptP99 }
@@ -145,17 +156,25 @@ func drawPanel(img *image.Paletted, res *Results, runners []string, x0 int, titl
 			if !ok || value(l) <= 0 {
 				continue
 			}
-			v := value(l)
-			top := y(v)
-			bx := gx + ri*barW
-			fillRect(img, bx+2, top, barW-4, panelBottom-top, cRunner+uint8(ri))
-			label := format(v)
-			drawText(img, bx+barW/2-textWidth(label, 1)/2, top-11, label, 1, cText)
+			top := y(value(l))
+			fillRect(img, gx+ri*barW+2, top, barW-4, panelBottom-top, cRunner+uint8(ri))
 		}
 		if ceiling != nil {
 			if v := ceiling(conc); v > 0 {
 				fillRect(img, gx-4, y(v), barW*len(runners)+8, 3, cBlack)
 			}
+		}
+		// Value labels last, on white, so that the ceiling line does
+		// not cross them.
+		for ri, name := range runners {
+			l, ok := findLoad(res, name, conc)
+			if !ok || value(l) <= 0 {
+				continue
+			}
+			label := format(value(l))
+			lx, ly := gx+ri*barW+barW/2-textWidth(label, 1)/2, y(value(l))-11
+			fillRect(img, lx-1, ly-1, textWidth(label, 1)+1, 9, cWhite)
+			drawText(img, lx, ly, label, 1, cText)
 		}
 		label := fmt.Sprintf("C=%d", conc)
 		drawText(img, x0+gi*groupW+groupW/2-textWidth(label, 2)/2, panelBottom+10, label, 2, cText)
