@@ -52,7 +52,7 @@ func usage() {
 
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	h := &harness{}
+	h := &harness{pids: map[int]bool{}}
 	fs.StringVar(&h.gorunner, "gorunner", "", "path of the built ./internal/loadtest/cmd/gorunner (required)")
 	fs.StringVar(&h.node, "node", "", "Node.js 24 binary for n8n's JS runner (empty: skip it)")
 	fs.StringVar(&h.jsStart, "js-start", "", "@n8n/task-runner's dist/start.js")
@@ -70,8 +70,8 @@ func runCmd(args []string) error {
 	profile := fs.String("profile", goPlain+","+goData, "Go runners to take CPU profiles of, in extra phases (empty: none)")
 	fs.BoolVar(&h.trace, "trace", false, "profiled load phases also write an execution trace")
 	phases := fs.String("phases", "load,paced,idle,profile", "phases to run (load includes the ceiling)")
-	fs.DurationVar(&h.retryBudget, "retry-budget", 3*time.Minute,
-		"time to spend measuring phases again that other processes disturbed")
+	fs.DurationVar(&h.retryBudget, "retry-budget", 4*time.Minute,
+		"time to spend waiting for other processes to quiet down and measuring again what they disturbed")
 	timeout := fs.Duration("timeout", 20*time.Minute, "stop the whole run after this long")
 	fs.Parse(args)
 	if h.gorunner == "" {

@@ -23,8 +23,9 @@ type harness struct {
 	idleSettle, idleSpan time.Duration // idle: wait, then measure
 	trace                bool          // profiled load phases also write an execution trace
 	cpus                 int           // of the machine, for its busy share
-	retryBudget          time.Duration
+	retryBudget          time.Duration // for waiting for quiet and measuring again
 	retries              int
+	pids                 map[int]bool // runner processes alive, whose CPU is ours
 
 	notes []string
 }
@@ -365,7 +366,7 @@ type plan struct {
 // interleaved; every kind of runner idle at each slot count, side by
 // side; and CPU profiles of the Go runner in phases of their own.
 func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
-	start := time.Now()
+	start, budget := time.Now(), h.retryBudget
 	if err := os.MkdirAll(filepath.Join(h.out, "logs"), 0o755); err != nil {
 		return nil, err
 	}
@@ -436,8 +437,9 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 			return nil, err
 		}
 	}
-	if h.retries > 0 {
-		h.note("%d measurements were taken again because other processes were busy", h.retries)
+	if spent := budget - max(h.retryBudget, 0); spent > 0 {
+		h.note("other processes were busy: %s of the %s budget went to waiting for them and to "+
+			"taking %d measurements again", spent.Round(time.Second), budget, h.retries)
 	}
 	res.Notes = h.notes
 	res.DurationS = time.Since(start).Seconds()
@@ -503,11 +505,14 @@ func (h *harness) checkFailures(r LoadResult) {
 // measurement before it is taken again: its figures are then less sure.
 const othersLimit = 10
 
-// quiet runs a measurement and, while other processes kept more than
-// othersLimit of a core busy during it and h.retryBudget lasts, takes it
-// again. It keeps the last result, and notes it if it was still disturbed.
+// quiet runs a measurement once the rest of the machine is quiet and,
+// while other processes kept more than othersLimit of a core busy during
+// it, takes it again; waiting and retrying spend h.retryBudget, and once
+// it is spent the measurement is taken as it comes. It keeps the last
+// result, and notes it if it was disturbed.
 func quiet[T any](h *harness, name string, measure func() (T, float64, error)) (T, error) {
 	for {
+		h.waitQuiet(name)
 		h.progress("%s", name)
 		start := time.Now()
 		r, other, err := measure()
@@ -523,6 +528,42 @@ func quiet[T any](h *harness, name string, measure func() (T, float64, error)) (
 		h.retryBudget -= time.Since(start)
 		h.retries++
 	}
+}
+
+// waitQuiet waits, within h.retryBudget, until other processes use no more
+// than othersLimit of a core over a 500 ms probe.
+func (h *harness) waitQuiet(name string) {
+	said := false
+	for h.retryBudget > 0 {
+		other := h.probeOthers(500 * time.Millisecond)
+		if other <= othersLimit {
+			return
+		}
+		if !said {
+			h.progress("%s: waiting for other processes (%.0f %% of a core) to quiet down", name, other)
+			said = true
+		}
+		h.retryBudget -= 500 * time.Millisecond
+	}
+}
+
+// probeOthers is how busy the machine is over d beyond this process and
+// the runners it started, in percent of a core.
+func (h *harness) probeOthers(d time.Duration) float64 {
+	ours := func() time.Duration {
+		s, _ := readCPU(os.Getpid())
+		t := s.sched
+		for pid := range h.pids {
+			if c, err := readCPU(pid); err == nil {
+				t += c.sched
+			}
+		}
+		return t
+	}
+	m0, o0, t0 := readMachineCPU(), ours(), time.Now()
+	time.Sleep(d)
+	m1, o1 := readMachineCPU(), ours()
+	return max(0, busyBetween(m0, m1, h.cpus)-100*(o1-o0).Seconds()/time.Since(t0).Seconds())
 }
 
 func trimSpace(b []byte) []byte {

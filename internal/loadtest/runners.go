@@ -184,12 +184,14 @@ func (h *harness) start(ctx context.Context, spec runnerSpec, slots int, tag str
 		sim.Close()
 		return nil, fmt.Errorf("%s: %w; its output ends: %s", spec.Name, err, logTail(logPath))
 	}
+	h.pids[p.pid()] = true
 	return &live{spec: spec, tag: tag, sim: sim, sess: sess, proc: p}, nil
 }
 
 // stop drains the runner as n8n does on shutdown, waits for it to exit,
 // and stops its simulator.
 func (h *harness) stop(l *live) {
+	delete(h.pids, l.proc.pid())
 	l.sess.Drain(3 * time.Second)
 	if !l.proc.stop(5 * time.Second) {
 		h.note("%s (%s) did not exit within 5 s of the drain and close; it was signalled", l.spec.Name, l.tag)
