@@ -16,7 +16,8 @@ import (
 
 // Conn is a message-oriented connection to a broker: one call to Read or
 // Write moves one whole frame. The runner calls Read from one goroutine
-// and Write from another, never two Writes at once.
+// and Write from another, never two Writes at once, and ends a connection
+// by calling Close, which must unblock a Read or Write in progress.
 //
 // The default dialer's connections are WebSocket connections; package
 // brokertest offers an in-memory one.

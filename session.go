@@ -100,7 +100,10 @@ var errClosedByRunner = errors.New("n8nrunner: connection closed by runner")
 func (s *session) readLoop() {
 	defer s.wg.Done()
 	for {
-		frame, err := s.conn.Read(s.ctx)
+		// No context with a Done channel: coder/websocket would arm a
+		// callback on it for every call. Ending the session closes the
+		// connection, which unblocks Read and Write.
+		frame, err := s.conn.Read(context.Background())
 		if err != nil {
 			s.end(err)
 			return
@@ -189,7 +192,7 @@ func (s *session) writeLoop() {
 			close(it.flushed)
 			continue
 		}
-		if err := s.conn.Write(s.ctx, it.frame); err != nil {
+		if err := s.conn.Write(context.Background(), it.frame); err != nil {
 			s.end(err)
 			return
 		}
