@@ -18,7 +18,8 @@ const maxAuthResponse = 64 << 10
 
 // fetchGrantToken exchanges the auth token for a single-use grant token at
 // POST {base}/runners/auth. Neither token appears in a returned error.
-func fetchGrantToken(ctx context.Context, client *http.Client, base *url.URL, authToken string) (string, error) {
+func fetchGrantToken(ctx context.Context, client *http.Client, base *url.URL,
+	authToken string) (string, error) {
 	body, err := json.Marshal(struct {
 		Token string `json:"token"`
 	}{authToken})
@@ -37,7 +38,8 @@ func fetchGrantToken(ctx context.Context, client *http.Client, base *url.URL, au
 	if err != nil {
 		var netErr net.Error
 		if errors.As(err, &netErr) {
-			return "", fmt.Errorf("n8nrunner: fetch grant token from %s: %w: %w", base.Host, ErrUnreachable, err)
+			return "", fmt.Errorf("n8nrunner: fetch grant token from %s: %w: %w",
+				base.Host, ErrUnreachable, err)
 		}
 		return "", fmt.Errorf("n8nrunner: fetch grant token from %s: %w", base.Host, err)
 	}
@@ -56,7 +58,8 @@ func fetchGrantToken(ctx context.Context, client *http.Client, base *url.URL, au
 		} `json:"data"`
 	}
 	if err := json.Unmarshal(data, &answer); err != nil || answer.Data.Token == "" {
-		return "", fmt.Errorf("n8nrunner: fetch grant token: answer is not {\"data\":{\"token\":...}}")
+		return "", fmt.Errorf("n8nrunner: fetch grant token: " +
+			"answer is not {\"data\":{\"token\":...}}")
 	}
 	return answer.Data.Token, nil
 }

@@ -50,7 +50,8 @@ func (r *Runner) SetTypeCapacity(taskType string, n int) error {
 	case r.handlers[taskType] == nil:
 		return fmt.Errorf("n8nrunner: SetTypeCapacity: no handler for task type %q", taskType)
 	case n < 0:
-		return fmt.Errorf("n8nrunner: SetTypeCapacity(%q, %d): the capacity must not be negative", taskType, n)
+		return fmt.Errorf("n8nrunner: SetTypeCapacity(%q, %d): "+
+			"the capacity must not be negative", taskType, n)
 	}
 	r.typeCap[taskType] = n
 	r.trimOffersLocked(r.sess)
@@ -185,7 +186,8 @@ func (r *Runner) standbyLocked(s *session, now time.Time, urgent bool) {
 	}
 }
 
-func (r *Runner) offerLocked(s *session, taskType string, validFor int64, expires time.Time, urgent bool) {
+func (r *Runner) offerLocked(s *session, taskType string, validFor int64, expires time.Time,
+	urgent bool) {
 	o := &offer{id: gonanoid.Must(), taskType: taskType, expires: expires}
 	s.offers.add(o)
 	s.send(RunnerTaskOffer{OfferID: o.id, TaskType: taskType, ValidFor: validFor}, urgent)

@@ -28,11 +28,13 @@ var (
 	// ErrGrantRejected means the broker refused the grant token at the
 	// WebSocket upgrade (HTTP 401 or 403). Grant tokens are single use and
 	// expire after N8N_RUNNERS_GRANT_TOKEN_TTL seconds (30 by default).
-	ErrGrantRejected = errors.New("n8nrunner: broker rejected the grant token (used, expired or unknown)")
+	ErrGrantRejected = errors.New("n8nrunner: broker rejected the grant token " +
+		"(used, expired or unknown)")
 
 	// ErrGrantSpent means a one-shot grant token was already used for an
 	// earlier connection and no auth token is configured to fetch a new one.
-	ErrGrantSpent = errors.New("n8nrunner: grant token already used; set an auth token to reconnect")
+	ErrGrantSpent = errors.New("n8nrunner: grant token already used; " +
+		"set an auth token to reconnect")
 
 	// ErrNoToken means neither an auth token nor a grant token is
 	// configured for the default dialer.
@@ -45,7 +47,8 @@ var (
 	// ErrForcedStop is returned by Run after a stop through its context
 	// that had to cancel tasks still running when the graceful-shutdown
 	// timeout ran out. The tasks were reported to the broker as failed.
-	ErrForcedStop = errors.New("n8nrunner: graceful shutdown timeout ran out; running tasks were cancelled")
+	ErrForcedStop = errors.New("n8nrunner: graceful shutdown timeout ran out; " +
+		"running tasks were cancelled")
 
 	// ErrUnreachable is wrapped by the dial error when the broker could not
 	// be reached at all: connection refused, no route, DNS failure or a

@@ -122,7 +122,8 @@ func (r *Runner) listenHealth() (net.Listener, error) {
 	addr := net.JoinHostPort(hc.Host, strconv.Itoa(hc.Port))
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("n8nrunner: health check server (N8N_RUNNERS_HEALTH_CHECK_SERVER_*): %w", err)
+		return nil, fmt.Errorf("n8nrunner: health check server "+
+			"(N8N_RUNNERS_HEALTH_CHECK_SERVER_*): %w", err)
 	}
 	return l, nil
 }

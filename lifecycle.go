@@ -81,7 +81,8 @@ func (r *Runner) Run(ctx context.Context) error {
 			if !r.reconnect || permanent(err) {
 				return err
 			}
-			r.log.Warn("n8nrunner: connect to broker failed; retrying", "error", err, "attempt", attempt+1)
+			r.log.Warn("n8nrunner: connect to broker failed; retrying",
+				"error", err, "attempt", attempt+1)
 		default:
 			end := r.serve(ctx, conn)
 			if end.final || !r.reconnect {

@@ -383,22 +383,27 @@ func (d *decoder) message() Message {
 	case TypeBrokerDrain:
 		return BrokerDrain{}
 	case TypeBrokerTaskOfferAccept:
-		return BrokerTaskOfferAccept{TaskID: d.str(w.TaskID, "taskId"), OfferID: d.str(w.OfferID, "offerId")}
+		return BrokerTaskOfferAccept{TaskID: d.str(w.TaskID, "taskId"),
+			OfferID: d.str(w.OfferID, "offerId")}
 	case TypeBrokerTaskSettings:
-		return BrokerTaskSettings{TaskID: d.str(w.TaskID, "taskId"), Settings: d.raw(w.Settings, "settings")}
+		return BrokerTaskSettings{TaskID: d.str(w.TaskID, "taskId"),
+			Settings: d.raw(w.Settings, "settings")}
 	case TypeBrokerTaskCancel:
 		return BrokerTaskCancel{TaskID: d.str(w.TaskID, "taskId"), Reason: d.opt(w.Reason)}
 	case TypeBrokerTaskDataResponse:
 		return BrokerTaskDataResponse{
-			TaskID: d.str(w.TaskID, "taskId"), RequestID: d.str(w.RequestID, "requestId"), Data: w.Data,
+			TaskID: d.str(w.TaskID, "taskId"), RequestID: d.str(w.RequestID, "requestId"),
+			Data: w.Data,
 		}
 	case TypeBrokerNodeTypes:
 		return BrokerNodeTypes{
-			TaskID: d.str(w.TaskID, "taskId"), RequestID: d.str(w.RequestID, "requestId"), NodeTypes: w.NodeTypes,
+			TaskID: d.str(w.TaskID, "taskId"), RequestID: d.str(w.RequestID, "requestId"),
+			NodeTypes: w.NodeTypes,
 		}
 	case TypeBrokerRPCResponse:
 		return BrokerRPCResponse{
-			CallID: d.str(w.CallID, "callId"), TaskID: d.opt(w.TaskID), Status: d.status(), Data: w.Data,
+			CallID: d.str(w.CallID, "callId"), TaskID: d.opt(w.TaskID), Status: d.status(),
+			Data: w.Data,
 		}
 	}
 	return d.runnerMessage()
@@ -411,7 +416,8 @@ func (d *decoder) runnerMessage() Message {
 		return RunnerInfo{Name: d.opt(w.Name), Types: w.Types}
 	case TypeRunnerTaskOffer:
 		return RunnerTaskOffer{
-			OfferID: d.str(w.OfferID, "offerId"), TaskType: d.str(w.TaskType, "taskType"), ValidFor: d.validFor(),
+			OfferID: d.str(w.OfferID, "offerId"), TaskType: d.str(w.TaskType, "taskType"),
+			ValidFor: d.validFor(),
 		}
 	case TypeRunnerTaskAccepted:
 		return RunnerTaskAccepted{TaskID: d.str(w.TaskID, "taskId")}
@@ -426,11 +432,13 @@ func (d *decoder) runnerMessage() Message {
 	case TypeRunnerTaskError:
 		return RunnerTaskError{TaskID: d.str(w.TaskID, "taskId"), Error: d.raw(w.Error, "error")}
 	case TypeRunnerTaskDataRequest:
-		m := RunnerTaskDataRequest{TaskID: d.str(w.TaskID, "taskId"), RequestID: d.str(w.RequestID, "requestId")}
+		m := RunnerTaskDataRequest{TaskID: d.str(w.TaskID, "taskId"),
+			RequestID: d.str(w.RequestID, "requestId")}
 		d.unmarshal(d.raw(w.RequestParams, "requestParams"), &m.RequestParams, "requestParams")
 		return m
 	case TypeRunnerNodeTypesRequest:
-		m := RunnerNodeTypesRequest{TaskID: d.str(w.TaskID, "taskId"), RequestID: d.str(w.RequestID, "requestId")}
+		m := RunnerNodeTypesRequest{TaskID: d.str(w.TaskID, "taskId"),
+			RequestID: d.str(w.RequestID, "requestId")}
 		d.unmarshal(d.raw(w.RequestParams, "requestParams"), &m.RequestParams, "requestParams")
 		return m
 	case TypeRunnerRPC:

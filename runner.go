@@ -248,7 +248,8 @@ func (r *Runner) acceptLocked(s *session, m BrokerTaskOfferAccept) Message {
 
 	t := &Task{ID: m.TaskID, Type: o.taskType, r: r, sess: s, accepted: now}
 	ctx, cancelCause := context.WithCancelCause(s.ctx)
-	ctx, cancelDeadline := context.WithDeadlineCause(ctx, now.Add(r.cfg.TaskTimeout), ErrTaskTimeout)
+	ctx, cancelDeadline := context.WithDeadlineCause(ctx, now.Add(r.cfg.TaskTimeout),
+		ErrTaskTimeout)
 	t.ctx = ctx
 	t.cancel = func(cause error) {
 		cancelCause(cause)
@@ -497,7 +498,8 @@ func (r *Runner) forgetRequest(s *session, id string) {
 func (r *Runner) answerLocked(s *session, id, taskID string, m Message) {
 	p, ok := s.pending[id]
 	if !ok || (taskID != "" && p.task.ID != taskID) {
-		r.log.Debug("n8nrunner: answer for unknown request ignored", "type", m.MessageType(), "task", taskID)
+		r.log.Debug("n8nrunner: answer for unknown request ignored",
+			"type", m.MessageType(), "task", taskID)
 		return
 	}
 	delete(s.pending, id)

@@ -132,7 +132,8 @@ func (s *session) dispatch(frame []byte) error {
 		case !registered:
 			return fmt.Errorf("%w: malformed frame before registration: %w", ErrProtocol, err)
 		default:
-			r.log.Warn("n8nrunner: malformed frame from broker dropped", "error", err, "bytes", len(frame))
+			r.log.Warn("n8nrunner: malformed frame from broker dropped",
+				"error", err, "bytes", len(frame))
 		}
 		return nil
 	}
@@ -229,7 +230,8 @@ func (s *session) tick(now time.Time) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !s.registered && now.Sub(s.started) >= registerTimeout {
-		return fmt.Errorf("%w: not registered within %s of connecting", ErrProtocol, registerTimeout)
+		return fmt.Errorf("%w: not registered within %s of connecting",
+			ErrProtocol, registerTimeout)
 	}
 	if quiet := now.Sub(s.lastHeard()); r.silence > 0 && quiet >= r.silence {
 		return fmt.Errorf("%w: nothing from the broker for %s", ErrSilent, quiet.Round(time.Second))
@@ -243,7 +245,8 @@ func (s *session) tick(now time.Time) error {
 	r.topUpLocked(s)
 
 	idle := r.cfg.AutoShutdownTimeout
-	if idle > 0 && len(r.tasks) == 0 && !r.stopping && !s.draining && now.Sub(r.lastActive) >= idle {
+	if idle > 0 && len(r.tasks) == 0 && !r.stopping && !s.draining &&
+		now.Sub(r.lastActive) >= idle {
 		select {
 		case s.idle <- struct{}{}:
 		default:

@@ -109,7 +109,8 @@ func (t *Task) RequestData(ctx context.Context, params DataRequestParams) (json.
 		params.DataOfNodes = json.RawMessage(`"all"`)
 	}
 	id := gonanoid.Must()
-	m, err := t.request(ctx, id, RunnerTaskDataRequest{TaskID: t.ID, RequestID: id, RequestParams: params})
+	m, err := t.request(ctx, id,
+		RunnerTaskDataRequest{TaskID: t.ID, RequestID: id, RequestParams: params})
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +125,8 @@ func (t *Task) RequestNodeTypes(ctx context.Context, types []NodeTypeID) (json.R
 		types = []NodeTypeID{}
 	}
 	id := gonanoid.Must()
-	m, err := t.request(ctx, id, RunnerNodeTypesRequest{TaskID: t.ID, RequestID: id, RequestParams: types})
+	m, err := t.request(ctx, id,
+		RunnerNodeTypesRequest{TaskID: t.ID, RequestID: id, RequestParams: types})
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +172,8 @@ func (t *Task) Notify(method string, params ...any) error {
 		}
 		raw[i] = b
 	}
-	frame, err := Encode(RunnerRPC{CallID: gonanoid.Must(), TaskID: t.ID, Name: method, Params: raw})
+	frame, err := Encode(RunnerRPC{CallID: gonanoid.Must(), TaskID: t.ID, Name: method,
+		Params: raw})
 	if err != nil {
 		return err
 	}
@@ -271,7 +274,8 @@ func errorFrame(taskID string, err error) []byte {
 	}{Message: err.Error()}
 	var te *TaskError
 	if errors.As(err, &te) {
-		body.Message, body.Description, body.Stack = te.Message, te.Description, shorten(te.Stack, maxErrorText)
+		body.Message, body.Description, body.Stack = te.Message, te.Description,
+			shorten(te.Stack, maxErrorText)
 	}
 	// n8n shows these to a person; an error quoting a huge input must not
 	// make a frame the broker refuses.
