@@ -331,9 +331,15 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	conns := b.connList()
 	b.mu.Unlock()
+	var closing sync.WaitGroup
 	for _, c := range conns {
-		c.close(n8nrunner.CloseGoingAway, "")
+		closing.Add(1)
+		go func() {
+			defer closing.Done()
+			c.closeFlushed(n8nrunner.CloseGoingAway, "", time.Second)
+		}()
 	}
+	closing.Wait()
 	return err
 }
 

@@ -42,10 +42,11 @@ type runnerConn struct {
 	gone        bool // detached: the broker has forgotten the connection
 	types       []string
 	queue       [][]byte
-	pinged      bool // the ping loop runs
-	stalled     bool // half-open: nothing sent, everything received dropped
-	noPings     bool // the ping loop sends no more pings
-	ignorePongs bool // the ping loop treats pongs as missing
+	pinged      bool          // the ping loop runs
+	stalled     bool          // half-open: nothing sent, everything received dropped
+	closeAfter  *closeRequest // close once the queue is written (closeFlushed)
+	noPings     bool          // the ping loop sends no more pings
+	ignorePongs bool          // the ping loop treats pongs as missing
 }
 
 func newRunnerConn(b *Broker, id string, c n8nrunner.Conn) *runnerConn {
@@ -60,6 +61,32 @@ func (c *runnerConn) close(code int, reason string) {
 		c.conn.Close(code, reason)
 		c.cancel()
 	})
+}
+
+// closeRequest is a close to perform once the queued frames are written.
+type closeRequest struct {
+	code   int
+	reason string
+}
+
+// closeFlushed closes the connection after the frames queued so far are
+// written, as a real broker's socket does; a connection whose frames do
+// not go out within wait is closed anyway.
+func (c *runnerConn) closeFlushed(code int, reason string, wait time.Duration) {
+	c.b.mu.Lock()
+	c.closeAfter = &closeRequest{code, reason}
+	c.b.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-c.ctx.Done():
+	case <-t.C:
+		c.close(code, reason)
+	}
 }
 
 // dropper is a connection that can be dropped without a close handshake.
@@ -115,6 +142,13 @@ func (c *runnerConn) writeLoop() {
 				c.close(n8nrunner.CloseNormal, "")
 				return
 			}
+		}
+		c.b.mu.Lock()
+		closing := c.closeAfter != nil && len(c.queue) == 0
+		c.b.mu.Unlock()
+		if closing {
+			c.close(c.closeAfter.code, c.closeAfter.reason)
+			return
 		}
 		select {
 		case <-c.wake:
