@@ -14,12 +14,10 @@ import (
 
 // demo runs the echo runner against the in-memory fake broker, submits n
 // tasks and prints the frames that pass and a summary.
-func demo(ctx context.Context, log *slog.Logger, taskType string, n int) error {
+func demo(ctx context.Context, log *slog.Logger, cfg n8nrunner.Config, taskType string, n int) error {
 	b := brokertest.New(brokertest.WithDataFunc(demoData))
 	defer b.Close()
 
-	cfg := n8nrunner.DefaultConfig()
-	cfg.MaxConcurrency = 2
 	r, err := n8nrunner.New(cfg, n8nrunner.WithDialer(b.Dialer()), n8nrunner.WithLogger(log))
 	if err != nil {
 		return err
@@ -46,7 +44,7 @@ func demo(ctx context.Context, log *slog.Logger, taskType string, n int) error {
 	}
 	reqs := make([]*brokertest.Request, n)
 	for i := range reqs {
-		reqs[i] = b.Submit(taskType, demoSettings(i))
+		reqs[i] = b.Submit(taskType, demoSettings(taskType, i))
 	}
 	done, failed := 0, 0
 	for _, req := range reqs {
@@ -75,9 +73,19 @@ func demo(ctx context.Context, log *slog.Logger, taskType string, n int) error {
 	return nil
 }
 
-// demoSettings builds the settings of a Python Code-node task with two
-// input items; JavaScript tasks get their items from demoData instead.
-func demoSettings(i int) map[string]any {
+// demoSettings builds the settings of a Code-node task: a Python one with
+// two input items, or a JavaScript one, which gets its items with a data
+// request (answered by demoData).
+func demoSettings(taskType string, i int) map[string]any {
+	if taskType == "javascript" {
+		return map[string]any{
+			"code":                 "return $input.all();",
+			"nodeMode":             "runOnceForAllItems",
+			"workflowMode":         "manual",
+			"continueOnFail":       false,
+			"additionalProperties": map[string]any{},
+		}
+	}
 	return map[string]any{
 		"code":           "return _items",
 		"nodeMode":       "runOnceForAllItems",

@@ -1,9 +1,9 @@
 // Command echo is an n8n task runner whose handler returns the task's input
 // items with the field "echoedBy": "n8nrunner" added to each.
 //
-// With N8N_RUNNERS_TASK_BROKER_URI and N8N_RUNNERS_AUTH_TOKEN (or
-// N8N_RUNNERS_GRANT_TOKEN) set, it serves a real n8n until interrupted.
-// Without them it starts the in-memory fake broker of package brokertest,
+// With N8N_RUNNERS_AUTH_TOKEN (or N8N_RUNNERS_GRANT_TOKEN) set, it serves
+// the n8n at N8N_RUNNERS_TASK_BROKER_URI (default http://127.0.0.1:5679)
+// until interrupted. Without a token it starts the in-memory fake broker of package brokertest,
 // submits a few tasks, prints what happens and a summary line, and exits.
 //
 //	go run ./examples/echo                 # against the fake broker
@@ -40,11 +40,15 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	var err error
-	if realBrokerConfigured() {
-		err = serve(ctx, log, *taskType)
-	} else {
-		err = demo(ctx, log, *taskType, *tasks)
+	// The environment is read and checked in both modes, so that a bad
+	// value is an error even where the demo would not use it.
+	cfg, err := n8nrunner.ConfigFromEnv()
+	if err == nil {
+		if cfg.AuthToken != "" || cfg.GrantToken != "" {
+			err = serve(ctx, log, cfg, *taskType)
+		} else {
+			err = demo(ctx, log, cfg, *taskType, *tasks)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
@@ -52,18 +56,8 @@ func main() {
 	}
 }
 
-func realBrokerConfigured() bool {
-	return os.Getenv("N8N_RUNNERS_TASK_BROKER_URI") != "" &&
-		(os.Getenv("N8N_RUNNERS_AUTH_TOKEN") != "" || os.Getenv("N8N_RUNNERS_AUTH_TOKEN_FILE") != "" ||
-			os.Getenv("N8N_RUNNERS_GRANT_TOKEN") != "" || os.Getenv("N8N_RUNNERS_GRANT_TOKEN_FILE") != "")
-}
-
 // serve runs the echo runner against the broker the environment names.
-func serve(ctx context.Context, log *slog.Logger, taskType string) error {
-	cfg, err := n8nrunner.ConfigFromEnv()
-	if err != nil {
-		return err
-	}
+func serve(ctx context.Context, log *slog.Logger, cfg n8nrunner.Config, taskType string) error {
 	r, err := n8nrunner.New(cfg, n8nrunner.WithLogger(log), n8nrunner.WithName("n8nrunner echo"))
 	if err != nil {
 		return err
