@@ -134,7 +134,7 @@ func renderMarkdown(res *Results, x reportExtras) string {
 
 type target struct{ name, measured, verdict string }
 
-// targets checks the figures against issue 4's targets.
+// targets checks the figures against the runner's performance targets.
 func targets(res *Results, x reportExtras) []target {
 	var ts []target
 	goRunners := []string{goPlain, goData}
@@ -152,7 +152,7 @@ func targets(res *Results, x reportExtras) []target {
 					ts = append(ts, target{
 						fmt.Sprintf("`%s` ≥ 10× the JS runner's tasks/s, conc. %d", name, conc),
 						fmt.Sprintf("%.1f× (%s vs %s)", r, thousands(l.TasksPerSec), thousands(js.TasksPerSec)),
-						verdict(r >= 10, fmt.Sprintf("%.1f× the target", r/10)),
+						verdict(r >= 10, fmt.Sprintf("%.2f× the target", r/10)),
 					})
 				}
 			}
@@ -252,8 +252,10 @@ func targets(res *Results, x reportExtras) []target {
 			cpu += fmt.Sprintf("; baseline %s, %s", pct(base.CPU.Ticks), pct(base.CPU.Sched))
 			rss += fmt.Sprintf("; baseline %.1f MiB", base.RSSMiB)
 		}
-		ts = append(ts, target{"idle CPU < 0.1 % of a core at 10 slots", cpu,
-			verdict(i.CPU.Ticks < 0.1 && i.CPU.Sched < 0.1, fmt.Sprintf("%.1f× the bound", math.Max(i.CPU.Ticks, i.CPU.Sched)/0.1))})
+		// Judged by schedstat: utime+stime is charged a whole 10 ms tick
+		// to whatever runs when the tick fires, too coarse for 0.1 %.
+		ts = append(ts, target{"idle CPU < 0.1 % of a core at 10 slots (by schedstat)", cpu,
+			verdict(i.CPU.Sched < 0.1, fmt.Sprintf("%.2f× the bound", i.CPU.Sched/0.1))})
 		ts = append(ts, target{"idle resident memory < 10 MiB at 10 slots", rss,
 			verdict(i.RSSMiB < 10, fmt.Sprintf("%.2f× the bound", i.RSSMiB/10))})
 	}
