@@ -56,7 +56,7 @@ func runCmd(args []string) error {
 	fs.StringVar(&h.gorunner, "gorunner", "", "path of the built ./internal/loadtest/cmd/gorunner (required)")
 	fs.StringVar(&h.node, "node", "", "Node.js 24 binary for n8n's JS runner (empty: skip it)")
 	fs.StringVar(&h.jsStart, "js-start", "", "@n8n/task-runner's dist/start.js")
-	fs.StringVar(&h.out, "out", "loadtest-out", "output directory")
+	fs.StringVar(&h.out, "out", "", "output directory (required)")
 	fs.DurationVar(&h.warmup, "warmup", time.Second, "load: time under load before each runner's first slice")
 	fs.DurationVar(&h.slice, "slice", time.Second, "load: one measurement slice")
 	fs.DurationVar(&h.sliceWarm, "slice-warmup", 300*time.Millisecond, "load: ramp-up before each slice")
@@ -72,10 +72,10 @@ func runCmd(args []string) error {
 	phases := fs.String("phases", "load,paced,idle,profile", "phases to run (load includes the ceiling)")
 	fs.DurationVar(&h.retryBudget, "retry-budget", 4*time.Minute,
 		"time to spend waiting for other processes to quiet down and measuring again what they disturbed")
-	timeout := fs.Duration("timeout", 20*time.Minute, "stop the whole run after this long")
+	timeout := fs.Duration("timeout", 15*time.Minute, "stop the whole run after this long")
 	fs.Parse(args)
-	if h.gorunner == "" {
-		return fmt.Errorf("-gorunner is required")
+	if h.gorunner == "" || h.out == "" {
+		return fmt.Errorf("-gorunner and -out are required")
 	}
 	if h.rounds < 1 || h.slice <= 0 {
 		return fmt.Errorf("-rounds and -slice must be positive")
@@ -122,13 +122,16 @@ func runCmd(args []string) error {
 
 func reportCmd(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ExitOnError)
-	in := fs.String("in", "loadtest-out", "directory with results.json")
+	in := fs.String("in", "", "directory with results.json (required)")
 	goBench := fs.String("gobench", "", "output of the offer-pool go test -bench run to include")
 	doc := fs.String("doc", "", "Markdown file whose generated section to replace")
 	png := fs.String("png", "", "also write the plot here")
 	pngRef := fs.String("png-ref", "bench.png", "how the Markdown links the plot")
 	command := fs.String("command", "bash scripts/bench.sh", "the command that made the results")
 	fs.Parse(args)
+	if *in == "" {
+		return fmt.Errorf("-in is required")
+	}
 
 	b, err := os.ReadFile(filepath.Join(*in, "results.json"))
 	if err != nil {
