@@ -180,6 +180,11 @@ func (r *Runner) serve(ctx context.Context, conn Conn) sessionEnd {
 	end := s.wait(ctx)
 	s.end(ErrDisconnected)
 	s.wg.Wait()
+	if end.err == nil && !end.final {
+		// Only now that the read loop is done is it known whether a
+		// broker:drain came before the end.
+		end.err = s.endError()
+	}
 
 	r.mu.Lock()
 	r.sess = nil
@@ -205,7 +210,7 @@ func (s *session) wait(ctx context.Context) sessionEnd {
 				return sessionEnd{err: ErrIdle, final: true}
 			}
 		case <-s.ctx.Done():
-			return sessionEnd{err: s.endError()}
+			return sessionEnd{} // the error is decided once the loops are done
 		}
 	}
 }

@@ -142,7 +142,11 @@ func (s *session) dispatch(frame []byte) error {
 	defer r.mu.Unlock()
 	if s.ctx.Err() != nil {
 		// The connection has ended (its tasks are being dropped): a frame
-		// read just before must not start anything on it.
+		// read just before must not start anything on it. A drain still
+		// counts, so that Run can tell a drained broker from a lost one.
+		if _, ok := m.(BrokerDrain); ok {
+			s.draining = true
+		}
 		return nil
 	}
 	switch m := m.(type) {
