@@ -16,7 +16,6 @@ type frameFeed struct {
 	t      *testing.T
 	r      *Runner
 	frames [][]byte
-	closed chan struct{}
 }
 
 func (c *frameFeed) Read(ctx context.Context) ([]byte, error) {
