@@ -73,7 +73,7 @@ func (r *Runner) Resume() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.paused = false
-	r.topUpLocked(r.sess)
+	r.refillLocked(r.sess) // behind the results of tasks that ended meanwhile
 }
 
 // WithLazyStart makes the runner start its service only when the first
@@ -84,7 +84,8 @@ func (r *Runner) Resume() {
 // soon as it succeeds real offers go out and the pending request is matched
 // to one of them. If start fails, the error is logged and the next
 // deferral tries again. start runs in its own goroutine with a context
-// that ends when Run returns.
+// that ends when Run returns. Run returns an error if MaxConcurrency is
+// lower than the number of task types, as each needs its standing offer.
 func WithLazyStart(start func(ctx context.Context) error) Option {
 	return func(r *Runner) { r.lazy = start }
 }
@@ -188,7 +189,7 @@ func (r *Runner) standbyLocked(s *session, now time.Time, urgent bool) {
 
 func (r *Runner) offerLocked(s *session, taskType string, validFor int64, expires time.Time,
 	urgent bool) {
-	o := &offer{id: gonanoid.Must(), taskType: taskType, expires: expires}
+	o := &offer{id: gonanoid.Must(), taskType: taskType, expires: expires, standing: validFor < 0}
 	s.offers.add(o)
 	s.send(RunnerTaskOffer{OfferID: o.id, TaskType: taskType, ValidFor: validFor}, urgent)
 	r.counters.OffersSent++
@@ -206,22 +207,31 @@ func (r *Runner) nextOfferTypeLocked(s *session) string {
 	return best
 }
 
-// trimOffersLocked forgets open offers beyond lowered limits.
+// trimOffersLocked forgets open offers beyond lowered limits. Standing
+// offers are kept: the broker never expires them, so forgetting one would
+// leave the broker an offer the runner rejects for ever.
 func (r *Runner) trimOffersLocked(s *session) {
 	if s == nil {
 		return
 	}
 	for _, t := range r.types {
-		for c := r.typeCap[t]; c > 0 && s.offers.count(t) > 0 && s.offers.count(t)+r.busy[t] > c; {
-			s.offers.remove(s.offers.anyOf(t))
+		for c := r.typeCap[t]; c > 0 && s.offers.count(t)+r.busy[t] > c; {
+			o := s.offers.anyOf(t)
+			if o == nil {
+				break
+			}
+			s.offers.remove(o)
 		}
 	}
-	for s.offers.len() > 0 && s.offers.len()+len(r.tasks) > r.maxConc {
-		most := r.types[0]
-		for _, t := range r.types[1:] {
-			if s.offers.count(t) > s.offers.count(most) {
+	for s.offers.len()+len(r.tasks) > r.maxConc {
+		most := ""
+		for _, t := range r.types {
+			if s.offers.anyOf(t) != nil && (most == "" || s.offers.count(t) > s.offers.count(most)) {
 				most = t
 			}
+		}
+		if most == "" {
+			return
 		}
 		s.offers.remove(s.offers.anyOf(most))
 	}

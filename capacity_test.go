@@ -209,3 +209,32 @@ func TestStatsAndHooks(t *testing.T) {
 		assert.Equal(t, n8nrunner.StateStopped, h.r.Stats().State)
 	})
 }
+
+func TestLazyStartNeedsASlotPerType(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := brokertest.New()
+		defer b.Close()
+		cfg := n8nrunner.DefaultConfig()
+		cfg.MaxConcurrency = 1
+		r, err := n8nrunner.New(cfg, n8nrunner.WithDialer(b.Dialer()),
+			n8nrunner.WithLazyStart(func(context.Context) error { return nil }))
+		require.NoError(t, err)
+		r.HandleFunc("python", echoSettings)
+		r.HandleFunc("javascript", echoSettings)
+		assert.ErrorContains(t, r.Run(context.Background()), "at least the 2 task types")
+	})
+}
+
+func TestLowerLimitsKeepStandingOffers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, runnerOptions{
+			config:  func(c *n8nrunner.Config) { c.MaxConcurrency = 3 },
+			options: []n8nrunner.Option{n8nrunner.WithLazyStart(func(context.Context) error { select {} })},
+		})
+		synctest.Wait()
+		require.Equal(t, 1, h.r.Stats().OpenOffers, "one standing offer")
+		require.NoError(t, h.r.SetMaxConcurrency(1))
+		assert.Equal(t, 1, h.r.Stats().OpenOffers, "the standing offer is not forgotten")
+		h.cancel()
+	})
+}

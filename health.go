@@ -141,6 +141,8 @@ func (r *Runner) serveHealth(ctx context.Context, l net.Listener) {
 	<-ctx.Done()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	srv.Shutdown(shutdownCtx)
+	if srv.Shutdown(shutdownCtx) != nil {
+		srv.Close() // a handler still running past the bound is cut off
+	}
 	<-done
 }

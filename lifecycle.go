@@ -138,6 +138,11 @@ func (r *Runner) start() error {
 	if r.running {
 		return ErrRunning
 	}
+	if r.lazy != nil && r.maxConc < len(r.handlers) {
+		// Each type needs a standing offer, and offers count against the limit.
+		return fmt.Errorf("n8nrunner: WithLazyStart needs a MaxConcurrency of at least the "+
+			"%d task types served, got %d", len(r.handlers), r.maxConc)
+	}
 	r.started = true
 	r.running = true
 	r.stopping = false
@@ -167,6 +172,7 @@ func (r *Runner) serve(ctx context.Context, conn Conn) sessionEnd {
 	s := newSession(r, conn)
 	r.mu.Lock()
 	r.sess = s
+	r.lastTick = time.Time{} // the gap since the last connection is no late tick
 	if r.counters.Connections++; r.counters.Connections > 1 {
 		r.counters.Reconnects++
 	}
@@ -264,7 +270,7 @@ func (r *Runner) stop(s *session, grace time.Duration) (forced bool) {
 		select {
 		case <-r.taskEnded:
 		case <-deadline.C:
-			forced = r.abandonTasks()
+			forced = r.abandonTasks(s)
 		case <-s.ctx.Done():
 			return r.taskCount() > 0
 		}
@@ -281,11 +287,14 @@ func (r *Runner) taskCount() int {
 }
 
 // abandonTasks reports every task still in the table as failed and cancels
-// its context. It reports whether there was any.
-func (r *Runner) abandonTasks() bool {
+// its context. It reports whether a task of connection s was among them.
+func (r *Runner) abandonTasks(s *session) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	had := len(r.tasks) > 0
+	had := false // a task of this connection had to be cut short
+	for _, t := range r.tasks {
+		had = had || t.sess == s && (t.state == taskWaiting || t.state == taskRunning)
+	}
 	msg := fmt.Sprintf("Task cancelled: the runner is shutting down and its graceful "+
 		"shutdown timeout of %s ran out", formatSeconds(r.cfg.GracefulShutdownTimeout))
 	for _, t := range r.tasks {

@@ -31,6 +31,8 @@ type offer struct {
 	expires time.Time
 	// index is the offer's position in the pool's heap.
 	index int
+	// standing is true for an offer sent with validFor -1.
+	standing bool
 }
 
 // offerValidity returns a validity between offerValidFor and
@@ -96,10 +98,10 @@ func (p *offerPool) prune(now time.Time) int {
 	return n
 }
 
-// anyOf returns an open offer of taskType, or nil.
+// anyOf returns an open offer of taskType that is not standing, or nil.
 func (p *offerPool) anyOf(taskType string) *offer {
 	for _, o := range p.byID {
-		if o.taskType == taskType {
+		if o.taskType == taskType && !o.standing {
 			return o
 		}
 	}

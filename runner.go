@@ -353,8 +353,9 @@ func (r *Runner) execute(t *Task, h Handler) {
 	r.mu.Lock()
 	outcome := r.outcomeLocked(t, err)
 	switch {
-	case t.state != taskRunning:
-		// Cancelled, or already reported by the timer or the shutdown.
+	case t.state != taskRunning || outcome == OutcomeDisconnected:
+		// Cancelled, lost with its connection, or already reported by
+		// the timer or the shutdown.
 	case outcome == OutcomeTimeout:
 		// The deadline passed before the timer callback got the lock;
 		// whatever the handler returned came too late.
@@ -382,6 +383,9 @@ func (r *Runner) outcomeLocked(t *Task, err error) Outcome {
 	switch {
 	case errors.Is(cause, ErrTaskTimeout):
 		return OutcomeTimeout
+	case errors.Is(cause, ErrDisconnected):
+		// Also while the connection's end is still dropping its tasks.
+		return OutcomeDisconnected
 	case t.state == taskRunning && err != nil:
 		return OutcomeFailed
 	case t.state == taskRunning:

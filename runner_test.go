@@ -625,6 +625,9 @@ func TestLostConnectionCancelsTasks(t *testing.T) {
 		assert.ErrorIs(t, err, n8nrunner.ErrConnectionLost)
 		assert.Contains(t, err.Error(), "status 1002")
 		assert.Zero(t, h.terminalFrames(taskID))
+		c := h.r.Stats().Counters
+		assert.Equal(t, uint64(1), c.TasksDisconnected)
+		assert.Zero(t, c.TasksFailed+c.TasksDone)
 	})
 }
 
