@@ -72,6 +72,7 @@ type ItemError struct {
 	Err error
 }
 
+// Error returns the underlying error's text.
 func (e *ItemError) Error() string {
 	msg := e.Err.Error()
 	var te *n8nrunner.TaskError
