@@ -72,7 +72,8 @@ type ItemError struct {
 	Err error
 }
 
-// Error returns the underlying error's text.
+// Error returns the item's message (a [*n8nrunner.TaskError]'s Message, or the
+// error's text) followed by its index, such as "bad input [item 3]".
 func (e *ItemError) Error() string {
 	msg := e.Err.Error()
 	var te *n8nrunner.TaskError
