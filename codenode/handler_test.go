@@ -100,7 +100,8 @@ func TestPythonHandler(t *testing.T) {
 		{"all items continue on fail", pythonSettings(all, true, obj{"n": 1}, obj{}),
 			`[{"json":{"error":"item without n"}}]`, ""},
 		{"each item", pythonSettings(each, false, obj{"n": 1}, obj{"n": 5}),
-			`[{"json":{"n":2},"pairedItem":{"item":0}},{"json":{"n":10},"pairedItem":{"item":1}}]`, ""},
+			`[{"json":{"n":2},"pairedItem":{"item":0}},{"json":{"n":10},"pairedItem":{"item":1}}]`,
+			""},
 		{"each item fails with the index", pythonSettings(each, false, obj{"n": 1}, obj{}),
 			"", `{"message":"no n [item 1]","description":"every item needs an n"}`},
 		{"each item continue on fail", pythonSettings(each, true, obj{}, obj{"n": 5}),
@@ -208,7 +209,8 @@ func TestJavaScriptHandlerWithRecordedData(t *testing.T) {
 	assert.JSONEq(t, `[{"json":{"body":{"hello":"from curl","n":3},"fromGo":true}}]`,
 		string(out.Done.Result))
 
-	out = submit(t, b, js, recordedTask(t, "broker-tasksettings-javascript-each-item.json", js).Settings)
+	out = submit(t, b, js,
+		recordedTask(t, "broker-tasksettings-javascript-each-item.json", js).Settings)
 	require.NotNil(t, out.Done, "task failed: %s", out.Error)
 	assert.JSONEq(t, `[{"json":{"body":{"hello":"from curl","n":3},"fromGo":true},`+
 		`"pairedItem":{"item":0}}]`, string(out.Done.Result))
@@ -241,15 +243,18 @@ func TestInputItemsWithoutInput(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var got []codenode.Item
 			var gotErr error
-			fetch := func(ctx context.Context, task *n8nrunner.Task, s codenode.JavaScriptSettings) (
+			fetch := func(ctx context.Context, task *n8nrunner.Task,
+				s codenode.JavaScriptSettings) (
 				[]codenode.Item, error) {
 				got, gotErr = codenode.InputItems(ctx, task, s)
 				return got, gotErr
 			}
 			data := func(string, n8nrunner.DataRequestParams) any { return tt.data }
-			b := serve(t, codenode.TypeJavaScript, codenode.JavaScript(fetch), brokertest.WithDataFunc(data))
+			b := serve(t, codenode.TypeJavaScript, codenode.JavaScript(fetch),
+				brokertest.WithDataFunc(data))
 
-			out := submit(t, b, codenode.TypeJavaScript, obj{"code": "return []", "nodeMode": tt.mode})
+			out := submit(t, b, codenode.TypeJavaScript,
+				obj{"code": "return []", "nodeMode": tt.mode})
 			require.NoError(t, gotErr)
 			assert.Equal(t, []codenode.Item{}, got)
 			require.NotNil(t, out.Done)
@@ -274,7 +279,8 @@ func TestInputItemsMalformedData(t *testing.T) {
 	data := func(string, n8nrunner.DataRequestParams) any {
 		return obj{"inputData": obj{"main": "not a list"}}
 	}
-	b := serve(t, codenode.TypeJavaScript, codenode.JavaScript(fetch), brokertest.WithDataFunc(data))
+	b := serve(t, codenode.TypeJavaScript, codenode.JavaScript(fetch),
+		brokertest.WithDataFunc(data))
 	out := submit(t, b, codenode.TypeJavaScript, obj{"code": "x", "nodeMode": "runOnceForAllItems"})
 	require.Error(t, gotErr)
 	assert.Contains(t, gotErr.Error(), "codenode: decode input items: ")

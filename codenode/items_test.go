@@ -156,12 +156,14 @@ func TestErrorItems(t *testing.T) {
 		want string
 	}{
 		{"plain error", errors.New("boom"), `[{"json":{"error":"boom"}}]`},
-		{"task error", &n8nrunner.TaskError{Message: "go-probe failed on purpose", Description: "hidden"},
+		{"task error",
+			&n8nrunner.TaskError{Message: "go-probe failed on purpose", Description: "hidden"},
 			`[{"json":{"error":"go-probe failed on purpose"}}]`},
 		{"item error",
 			&codenode.ItemError{Index: 1, Err: &n8nrunner.TaskError{Message: "bad"}},
 			`[{"json":{"error":"bad [item 1]"}}]`},
-		{"wrapped item error", fmt.Errorf("run: %w", &codenode.ItemError{Index: 2, Err: errors.New("x")}),
+		{"wrapped item error",
+			fmt.Errorf("run: %w", &codenode.ItemError{Index: 2, Err: errors.New("x")}),
 			`[{"json":{"error":"x [item 2]"}}]`},
 	}
 	for _, tt := range tests {

@@ -199,7 +199,8 @@ func TestDecodeInvalidSettings(t *testing.T) {
 }
 
 func TestDecodeMalformedSettings(t *testing.T) {
-	malformed := []string{`[1,2]`, `{"code": 3}`, `{"code": "x", "items": {"json": {}}}`, `not json`}
+	malformed := []string{`[1,2]`, `{"code": 3}`, `{"code": "x", "items": {"json": {}}}`,
+		`not json`}
 	for _, raw := range malformed {
 		t.Run(raw, func(t *testing.T) {
 			task := &n8nrunner.Task{ID: "t1", Settings: json.RawMessage(raw)}
