@@ -14,7 +14,8 @@ import (
 
 // demo runs the echo runner against the in-memory fake broker, submits n
 // tasks and prints the frames that pass and a summary.
-func demo(ctx context.Context, log *slog.Logger, cfg n8nrunner.Config, taskType string, n int) error {
+func demo(ctx context.Context, log *slog.Logger, cfg n8nrunner.Config,
+	taskType string, n int) error {
 	b := brokertest.New(brokertest.WithDataFunc(demoData))
 	defer b.Close()
 
