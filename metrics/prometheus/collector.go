@@ -37,27 +37,33 @@ func NewCollector(r *n8nrunner.Runner) *Collector {
 		ready:   d("ready", "1 unless a lazy-start runner has not started its service yet."),
 		paused:  d("paused", "1 while offering is paused."),
 		maxConc: d("max_concurrency", "The overall limit of open offers plus running tasks."),
-		typeCap: d("task_type_capacity", "A task type's own limit; 0 means only the overall limit.", "task_type"),
-		busy:    d("busy_slots", "Tasks waiting for their settings or running.", "task_type"),
-		offers:  d("open_offers", "Offers the runner holds open.", "task_type"),
-		free:    d("free_slots", "Tasks of the type the runner could take now.", "task_type"),
+		typeCap: d("task_type_capacity",
+			"A task type's own limit; 0 means only the overall limit.", "task_type"),
+		busy:   d("busy_slots", "Tasks waiting for their settings or running.", "task_type"),
+		offers: d("open_offers", "Offers the runner holds open.", "task_type"),
+		free:   d("free_slots", "Tasks of the type the runner could take now.", "task_type"),
 
-		messageAge: d("last_broker_message_age_seconds", "Seconds since the broker's last frame on the current connection."),
-		pingAge:    d("last_ping_age_seconds", "Seconds since the broker's last ping on the current connection."),
-		tickAge:    d("last_tick_age_seconds", "Seconds since the offer loop last ran."),
-		backoff:    d("reconnect_backoff_seconds", "The wait before the next connection attempt; 0 when not waiting."),
+		messageAge: d("last_broker_message_age_seconds",
+			"Seconds since the broker's last frame on the current connection."),
+		pingAge: d("last_ping_age_seconds",
+			"Seconds since the broker's last ping on the current connection."),
+		tickAge: d("last_tick_age_seconds", "Seconds since the offer loop last ran."),
+		backoff: d("reconnect_backoff_seconds",
+			"The wait before the next connection attempt; 0 when not waiting."),
 
 		offersSent:    d("offers_sent_total", "Task offers sent."),
 		offersExpired: d("offers_expired_total", "Task offers that expired unaccepted."),
 		accepts:       d("accepts_total", "Accepts answered with runner:taskaccepted."),
-		rejects:       d("rejects_total", "Accepts answered with runner:taskrejected, by reason.", "reason"),
-		deferrals:     d("deferrals_total", "Accepts answered with runner:taskdeferred."),
-		tasks:         d("tasks_total", "Tasks ended, by outcome.", "outcome"),
-		panics:        d("panics_total", "Handler panics; each is also a failed task."),
-		connections:   d("connections_total", "Successful connections to the broker."),
-		reconnects:    d("reconnects_total", "Successful connections after the first."),
-		lateAccepts:   d("late_accepts_total", "Accepts answered more than a second after they arrived."),
-		lateTicks:     d("late_ticks_total", "Offer-loop ticks that ran more than a second late."),
+		rejects: d("rejects_total",
+			"Accepts answered with runner:taskrejected, by reason.", "reason"),
+		deferrals:   d("deferrals_total", "Accepts answered with runner:taskdeferred."),
+		tasks:       d("tasks_total", "Tasks ended, by outcome.", "outcome"),
+		panics:      d("panics_total", "Handler panics; each is also a failed task."),
+		connections: d("connections_total", "Successful connections to the broker."),
+		reconnects:  d("reconnects_total", "Successful connections after the first."),
+		lateAccepts: d("late_accepts_total",
+			"Accepts answered more than a second after they arrived."),
+		lateTicks: d("late_ticks_total", "Offer-loop ticks that ran more than a second late."),
 	}
 }
 
@@ -116,7 +122,8 @@ func (c *Collector) collectState(ch chan<- prometheus.Metric, current n8nrunner.
 	known := false
 	for _, s := range states {
 		known = known || s == current
-		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, boolValue(s == current), string(s))
+		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue,
+			boolValue(s == current), string(s))
 	}
 	if !known { // a state added to n8nrunner after this package
 		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, 1, string(current))

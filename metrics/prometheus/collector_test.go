@@ -211,7 +211,8 @@ func TestHistograms(t *testing.T) {
 		outcome string
 		want    float64
 	}{{"done", 2}, {"failed", 2}} {
-		n, ok := h.value(t, "n8nrunner_task_duration_seconds", "task_type", "python", "outcome", c.outcome)
+		n, ok := h.value(t, "n8nrunner_task_duration_seconds",
+			"task_type", "python", "outcome", c.outcome)
 		assert.True(t, ok, c.outcome)
 		assert.Equal(t, c.want, n, "observations of outcome %s", c.outcome)
 	}
@@ -271,7 +272,8 @@ func TestRejectsByReason(t *testing.T) {
 	h := newHarness(t)
 
 	// An accept of an offer the runner never made is rejected as expired.
-	err := h.b.Send("metrics-test", n8nrunner.BrokerTaskOfferAccept{TaskID: "t1", OfferID: "unknown"})
+	err := h.b.Send("metrics-test",
+		n8nrunner.BrokerTaskOfferAccept{TaskID: "t1", OfferID: "unknown"})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		v, _ := h.value(t, "n8nrunner_rejects_total", "reason", n8nrunner.RejectOfferExpired)
