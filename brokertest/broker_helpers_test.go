@@ -43,7 +43,8 @@ func dial(t testing.TB, b *brokertest.Broker, id string) *wire {
 	t.Helper()
 	conn, err := b.Dialer().Dial(context.Background(), id)
 	require.NoError(t, err)
-	w := &wire{t: t, b: b, id: id, conn: conn, in: make(chan []byte, 1024), done: make(chan struct{})}
+	w := &wire{t: t, b: b, id: id, conn: conn, in: make(chan []byte, 1024),
+		done: make(chan struct{})}
 	go w.readLoop()
 	return w
 }

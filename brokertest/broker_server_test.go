@@ -107,13 +107,16 @@ func TestServerAuth(t *testing.T) {
 		message     string
 	}{
 		{"right token", "application/json", `{"token":"secret"}`, http.StatusOK, ""},
-		{"wrong token", "application/json", `{"token":"secret2"}`, http.StatusForbidden, "Forbidden"},
+		{"wrong token", "application/json", `{"token":"secret2"}`,
+			http.StatusForbidden, "Forbidden"},
 		{"default token once another is set", "application/json", `{"token":"test-auth-token"}`,
 			http.StatusForbidden, "Forbidden"},
 		{"not JSON", "application/json", `token=secret`, http.StatusBadRequest, "invalid_type"},
-		{"not a JSON media type", "text/plain", `{"token":"secret"}`, http.StatusBadRequest, "invalid_type"},
+		{"not a JSON media type", "text/plain", `{"token":"secret"}`,
+			http.StatusBadRequest, "invalid_type"},
 		{"no token", "application/json", `{}`, http.StatusBadRequest, "invalid_type"},
-		{"token not a string", "application/json", `{"token":42}`, http.StatusBadRequest, "invalid_type"},
+		{"token not a string", "application/json", `{"token":42}`,
+			http.StatusBadRequest, "invalid_type"},
 		{"empty token", "application/json", `{"token":""}`, http.StatusBadRequest, ""},
 	}
 	for _, tt := range tests {
@@ -184,10 +187,14 @@ func TestServerUpgradeRefusals(t *testing.T) {
 		{"empty id", "id=", bearer, http.StatusBadRequest},
 		{"two ids", "id=a&id=b", bearer, http.StatusBadRequest},
 		{"no Authorization", "id=a", func(string) string { return "" }, http.StatusUnauthorized},
-		{"not Bearer", "id=a", func(g string) string { return "Basic " + g }, http.StatusUnauthorized},
-		{"Bearer without token", "id=a", func(string) string { return "Bearer " }, http.StatusUnauthorized},
-		{"unknown grant", "id=a", func(string) string { return "Bearer 0123abcd" }, http.StatusForbidden},
-		{"lower-case bearer", "id=a", func(g string) string { return "bearer " + g }, http.StatusSwitchingProtocols},
+		{"not Bearer", "id=a", func(g string) string { return "Basic " + g },
+			http.StatusUnauthorized},
+		{"Bearer without token", "id=a", func(string) string { return "Bearer " },
+			http.StatusUnauthorized},
+		{"unknown grant", "id=a",
+			func(string) string { return "Bearer 0123abcd" }, http.StatusForbidden},
+		{"lower-case bearer", "id=a", func(g string) string { return "bearer " + g },
+			http.StatusSwitchingProtocols},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -142,9 +142,11 @@ func TestAcceptTimeout(t *testing.T) {
 
 			sleep(time.Nanosecond)
 			c := expect[n8nrunner.BrokerTaskCancel](w)
-			assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID, Reason: brokertest.ReasonAcceptTimeout}, c)
+			assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID,
+				Reason: brokertest.ReasonAcceptTimeout}, c)
 			assert.Equal(t, "Acknowledgement window elapsed", brokertest.ReasonAcceptTimeout)
-			assert.Zero(t, b.OpenOffers("runner-1"), "all the runner's offers are dropped, of every type")
+			assert.Zero(t, b.OpenOffers("runner-1"),
+				"all the runner's offers are dropped, of every type")
 			quiet(w)
 
 			w.sendSync(n8nrunner.RunnerTaskAccepted{TaskID: acc.TaskID})
@@ -173,7 +175,8 @@ func TestAcceptTimeout(t *testing.T) {
 			assert.NotEqual(t, first.TaskID, second.TaskID)
 			r2.send(n8nrunner.RunnerTaskAccepted{TaskID: second.TaskID})
 			expect[n8nrunner.BrokerTaskSettings](r2)
-			r2.send(n8nrunner.RunnerTaskDone{TaskID: second.TaskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+			r2.send(n8nrunner.RunnerTaskDone{TaskID: second.TaskID,
+				Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 			out := outcome(r2, req)
 			assert.Equal(t, "runner-2", out.RunnerID)
 			assert.Empty(t, out.Rejections, "a timeout is not a rejection")
@@ -340,13 +343,15 @@ func TestTaskTimeout(t *testing.T) {
 			pending(t, req)
 			sleep(time.Nanosecond)
 			c := expect[n8nrunner.BrokerTaskCancel](w)
-			assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: "Task execution timed out"}, c)
+			assert.Equal(t,
+				n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: "Task execution timed out"}, c)
 			out := outcome(w, req)
 			assert.Equal(t, brokertest.ReasonTaskTimeout, out.Cancelled)
 			assert.Equal(t, taskID, out.TaskID)
 			assert.Equal(t, "runner-1", out.RunnerID)
 
-			w.sendSync(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+			w.sendSync(n8nrunner.RunnerTaskDone{TaskID: taskID,
+				Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 			assert.Nil(t, outcome(w, req).Done, "a late result is ignored")
 		})
 	})
@@ -368,7 +373,8 @@ func TestTaskTimeout(t *testing.T) {
 			sleep(10*time.Second - time.Nanosecond)
 			quiet(w)
 			sleep(time.Nanosecond)
-			assert.Equal(t, brokertest.ReasonTaskTimeout, expect[n8nrunner.BrokerTaskCancel](w).Reason)
+			assert.Equal(t, brokertest.ReasonTaskTimeout,
+				expect[n8nrunner.BrokerTaskCancel](w).Reason)
 		})
 	})
 
@@ -380,7 +386,8 @@ func TestTaskTimeout(t *testing.T) {
 			req, taskID := startTask(w, "python", nil)
 
 			sleep(9 * time.Second)
-			w.send(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+			w.send(n8nrunner.RunnerTaskDone{TaskID: taskID,
+				Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 			require.NotNil(t, outcome(w, req).Done)
 			sleep(time.Hour)
 			quiet(w)
@@ -405,9 +412,18 @@ func TestRequestsForTasksTheRunnerDoesNotHoldAreIgnored(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int32
 		b := newBroker(t,
-			brokertest.WithDataFunc(func(string, n8nrunner.DataRequestParams) any { calls.Add(1); return nil }),
-			brokertest.WithNodeTypesFunc(func(string, []n8nrunner.NodeTypeID) any { calls.Add(1); return nil }),
-			brokertest.WithRPCFunc(func(string, string, []json.RawMessage) (any, error) { calls.Add(1); return nil, nil }),
+			brokertest.WithDataFunc(func(string, n8nrunner.DataRequestParams) any {
+				calls.Add(1)
+				return nil
+			}),
+			brokertest.WithNodeTypesFunc(func(string, []n8nrunner.NodeTypeID) any {
+				calls.Add(1)
+				return nil
+			}),
+			brokertest.WithRPCFunc(func(string, string, []json.RawMessage) (any, error) {
+				calls.Add(1)
+				return nil, nil
+			}),
 		)
 		owner, other := bubbleDial(t, b, "owner"), bubbleDial(t, b, "other")
 		owner.register("python")
@@ -417,8 +433,10 @@ func TestRequestsForTasksTheRunnerDoesNotHoldAreIgnored(t *testing.T) {
 		asks := func(taskID string) []n8nrunner.Message {
 			return []n8nrunner.Message{
 				n8nrunner.RunnerTaskDataRequest{TaskID: taskID, RequestID: "d"},
-				n8nrunner.RunnerNodeTypesRequest{TaskID: taskID, RequestID: "n", RequestParams: []n8nrunner.NodeTypeID{}},
-				n8nrunner.RunnerRPC{CallID: "c", TaskID: taskID, Name: "logNodeOutput", Params: []json.RawMessage{}},
+				n8nrunner.RunnerNodeTypesRequest{TaskID: taskID, RequestID: "n",
+					RequestParams: []n8nrunner.NodeTypeID{}},
+				n8nrunner.RunnerRPC{CallID: "c", TaskID: taskID, Name: "logNodeOutput",
+					Params: []json.RawMessage{}},
 			}
 		}
 		for _, m := range asks("no-such-task") {
@@ -427,8 +445,10 @@ func TestRequestsForTasksTheRunnerDoesNotHoldAreIgnored(t *testing.T) {
 		for _, m := range asks(taskID) {
 			other.send(m)
 		}
-		other.send(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
-		other.send(n8nrunner.RunnerTaskError{TaskID: taskID, Error: json.RawMessage(`{"message":"x"}`)})
+		other.send(n8nrunner.RunnerTaskDone{TaskID: taskID,
+			Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+		other.send(n8nrunner.RunnerTaskError{TaskID: taskID,
+			Error: json.RawMessage(`{"message":"x"}`)})
 		quiet(owner)
 		quiet(other)
 		assert.Zero(t, calls.Load())
@@ -445,7 +465,8 @@ func TestRequestsForTasksTheRunnerDoesNotHoldAreIgnored(t *testing.T) {
 		assert.Zero(t, calls.Load())
 
 		// Once the task is over, neither.
-		owner.send(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+		owner.send(n8nrunner.RunnerTaskDone{TaskID: taskID,
+			Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 		require.NotNil(t, outcome(owner, req).Done)
 		for _, m := range asks(taskID) {
 			owner.send(m)
@@ -474,7 +495,8 @@ func TestShutdown(t *testing.T) {
 			assert.True(t, busy.isOpen() && idle.isOpen(), "open while a task runs")
 			assert.Empty(t, stopped)
 
-			busy.send(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+			busy.send(n8nrunner.RunnerTaskDone{TaskID: taskID,
+				Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 			require.NotNil(t, outcome(busy, req).Done)
 			synctest.Wait()
 			require.Len(t, stopped, 1)
@@ -559,7 +581,8 @@ func TestCloseEndsEverything(t *testing.T) {
 			brokertest.WithRequestTimeout(time.Minute),
 			brokertest.WithAcceptTimeout(time.Minute),
 		)
-		busy, offering, waiting := bubbleDial(t, b, "busy"), bubbleDial(t, b, "offering"), bubbleDial(t, b, "unregistered")
+		busy, offering, waiting := bubbleDial(t, b, "busy"), bubbleDial(t, b, "offering"),
+			bubbleDial(t, b, "unregistered")
 		busy.register("python")
 		offering.register("python", "javascript")
 		expect[n8nrunner.BrokerInfoRequest](waiting)
@@ -596,7 +619,8 @@ func TestCloseWaitsForCallbacks(t *testing.T) {
 		w := bubbleDial(t, b, "runner-1")
 		w.register("python")
 		_, taskID := startTask(w, "python", nil)
-		w.send(n8nrunner.RunnerRPC{CallID: "c", TaskID: taskID, Name: "logNodeOutput", Params: []json.RawMessage{}})
+		w.send(n8nrunner.RunnerRPC{CallID: "c", TaskID: taskID, Name: "logNodeOutput",
+			Params: []json.RawMessage{}})
 		synctest.Wait()
 
 		closed := make(chan error, 1)
@@ -645,7 +669,8 @@ func TestRequestExpiresDuringAnAccept(t *testing.T) {
 			sleep(1500 * time.Millisecond)
 			w.send(n8nrunner.RunnerTaskAccepted{TaskID: acc.TaskID})
 			c := expect[n8nrunner.BrokerTaskCancel](w)
-			assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID, Reason: "Task request expired"}, c)
+			assert.Equal(t,
+				n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID, Reason: "Task request expired"}, c)
 			assert.True(t, outcome(w, req).Expired)
 		})
 	})

@@ -47,8 +47,10 @@ func TestOnlyRunnerInfoIsHonouredBeforeRegistration(t *testing.T) {
 	req := b.Submit("python", nil)
 	w.offer("early", "python", -1)
 	w.sendSync(n8nrunner.RunnerTaskAccepted{TaskID: "bogus"})
-	w.sendSync(n8nrunner.RunnerTaskDone{TaskID: "bogus", Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
-	assert.Zero(t, b.CountFrames(brokertest.ToRunner(n8nrunner.TypeBrokerTaskOfferAccept)), "early offer matched")
+	w.sendSync(n8nrunner.RunnerTaskDone{TaskID: "bogus",
+		Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+	assert.Zero(t, b.CountFrames(brokertest.ToRunner(n8nrunner.TypeBrokerTaskOfferAccept)),
+		"early offer matched")
 	assert.Zero(t, b.OpenOffers("runner-1"), "early offer stored")
 	assert.Empty(t, b.Runners())
 
@@ -190,7 +192,8 @@ func TestTaskLifecycle(t *testing.T) {
 		b.Submit("python", raw)
 		acc = expect[n8nrunner.BrokerTaskOfferAccept](w)
 		w.send(n8nrunner.RunnerTaskAccepted{TaskID: acc.TaskID})
-		jsonEq(t, string(raw), expect[n8nrunner.BrokerTaskSettings](w).Settings, "raw settings sent as they are")
+		jsonEq(t, string(raw), expect[n8nrunner.BrokerTaskSettings](w).Settings,
+			"raw settings sent as they are")
 	})
 
 	t.Run("done", func(t *testing.T) {
@@ -223,7 +226,8 @@ func TestTaskLifecycle(t *testing.T) {
 		w.register("python")
 		req, taskID := startTask(w, "python", nil)
 
-		w.send(n8nrunner.RunnerTaskError{TaskID: taskID, Error: json.RawMessage(`{"message":"boom","stack":"at line 1"}`)})
+		w.send(n8nrunner.RunnerTaskError{TaskID: taskID,
+			Error: json.RawMessage(`{"message":"boom","stack":"at line 1"}`)})
 		out := outcome(w, req)
 		assert.Nil(t, out.Done)
 		jsonEq(t, `{"message":"boom","stack":"at line 1"}`, out.Error)
@@ -250,8 +254,10 @@ func TestTaskLifecycle(t *testing.T) {
 		w.register("python")
 		req, taskID := startTask(w, "python", nil)
 
-		w.sendSync(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
-		w.sendSync(n8nrunner.RunnerTaskError{TaskID: taskID, Error: json.RawMessage(`{"message":"late"}`)})
+		w.sendSync(n8nrunner.RunnerTaskDone{TaskID: taskID,
+			Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+		w.sendSync(n8nrunner.RunnerTaskError{TaskID: taskID,
+			Error: json.RawMessage(`{"message":"late"}`)})
 		out := outcome(w, req)
 		require.NotNil(t, out.Done)
 		assert.Nil(t, out.Error)
@@ -279,7 +285,8 @@ func TestRejection(t *testing.T) {
 		req := b.Submit("python", nil)
 		first := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		assert.Equal(t, "o1", first.OfferID)
-		w.send(n8nrunner.RunnerTaskRejected{TaskID: first.TaskID, Reason: n8nrunner.RejectAtCapacity})
+		w.send(n8nrunner.RunnerTaskRejected{TaskID: first.TaskID,
+			Reason: n8nrunner.RejectAtCapacity})
 		second := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		assert.Equal(t, "o2", second.OfferID)
 		assert.NotEqual(t, first.TaskID, second.TaskID, "a new task id for each accept")
@@ -287,7 +294,8 @@ func TestRejection(t *testing.T) {
 
 		w.send(n8nrunner.RunnerTaskAccepted{TaskID: second.TaskID})
 		expect[n8nrunner.BrokerTaskSettings](w)
-		w.send(n8nrunner.RunnerTaskDone{TaskID: second.TaskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+		w.send(n8nrunner.RunnerTaskDone{TaskID: second.TaskID,
+			Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 		out := outcome(w, req)
 		require.NotNil(t, out.Done)
 		assert.Equal(t, second.TaskID, out.TaskID)
@@ -312,13 +320,16 @@ func TestRejection(t *testing.T) {
 
 		w.offer("o2", "python", -1)
 		second := expect[n8nrunner.BrokerTaskOfferAccept](w)
-		w.send(n8nrunner.RunnerTaskRejected{TaskID: second.TaskID, Reason: n8nrunner.RejectOfferExpired})
+		w.send(n8nrunner.RunnerTaskRejected{TaskID: second.TaskID,
+			Reason: n8nrunner.RejectOfferExpired})
 		w.offer("o3", "python", -1)
 		third := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		w.send(n8nrunner.RunnerTaskAccepted{TaskID: third.TaskID})
 		expect[n8nrunner.BrokerTaskSettings](w)
-		w.send(n8nrunner.RunnerTaskError{TaskID: third.TaskID, Error: json.RawMessage(`{"message":"x"}`)})
-		assert.Equal(t, []string{"not now", n8nrunner.RejectOfferExpired}, outcome(w, req).Rejections)
+		w.send(n8nrunner.RunnerTaskError{TaskID: third.TaskID,
+			Error: json.RawMessage(`{"message":"x"}`)})
+		assert.Equal(t, []string{"not now", n8nrunner.RejectOfferExpired},
+			outcome(w, req).Rejections)
 	})
 }
 
@@ -369,7 +380,8 @@ func TestHoldSettings(t *testing.T) {
 	jsonEq(t, `{"code":"x"}`, s.Settings)
 	assert.False(t, req.SendSettings(), "settings go once")
 
-	w.send(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`2`)}})
+	w.send(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID,
+		Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`2`)}})
 	require.NotNil(t, outcome(w, req).Done)
 	assert.False(t, req.SendSettings(), "task over")
 	assert.Equal(t, 1, b.CountFrames(brokertest.ToRunner(n8nrunner.TypeBrokerTaskSettings)))
@@ -390,7 +402,8 @@ func TestCancelTask(t *testing.T) {
 	expect[n8nrunner.BrokerTaskSettings](w)
 	require.True(t, b.CancelTask(acc.TaskID, "Task cancelled by user"))
 	c := expect[n8nrunner.BrokerTaskCancel](w)
-	assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID, Reason: "Task cancelled by user"}, c)
+	assert.Equal(t,
+		n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID, Reason: "Task cancelled by user"}, c)
 
 	out := outcome(w, req)
 	assert.Equal(t, "Task cancelled by user", out.Cancelled)
@@ -398,7 +411,8 @@ func TestCancelTask(t *testing.T) {
 	assert.Equal(t, "runner-1", out.RunnerID)
 	assert.False(t, b.CancelTask(acc.TaskID, "again"))
 
-	w.sendSync(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+	w.sendSync(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID,
+		Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 	assert.Nil(t, outcome(w, req).Done, "a late result does not change the outcome")
 }
 
@@ -432,10 +446,12 @@ func TestRunnerRequestsAreAnsweredThroughCallbacks(t *testing.T) {
 	params := n8nrunner.DataRequestParams{
 		DataOfNodes: json.RawMessage(`["Start"]`),
 		PrevNode:    true,
-		Input:       n8nrunner.DataRequestInput{Include: true, Chunk: &n8nrunner.DataChunk{StartIndex: 2, Count: 5}},
-		Env:         true,
+		Input: n8nrunner.DataRequestInput{Include: true,
+			Chunk: &n8nrunner.DataChunk{StartIndex: 2, Count: 5}},
+		Env: true,
 	}
-	w.send(n8nrunner.RunnerTaskDataRequest{TaskID: taskID, RequestID: "data-1", RequestParams: params})
+	w.send(n8nrunner.RunnerTaskDataRequest{TaskID: taskID,
+		RequestID: "data-1", RequestParams: params})
 	data := expect[n8nrunner.BrokerTaskDataResponse](w)
 	assert.Equal(t, taskID, data.TaskID)
 	assert.Equal(t, "data-1", data.RequestID)
@@ -444,7 +460,8 @@ func TestRunnerRequestsAreAnsweredThroughCallbacks(t *testing.T) {
 	assert.Equal(t, call{taskID: taskID, method: "data", params: params}, got)
 
 	types := []n8nrunner.NodeTypeID{{Name: "n8n-nodes-base.set", Version: 3.4}}
-	w.send(n8nrunner.RunnerNodeTypesRequest{TaskID: taskID, RequestID: "types-1", RequestParams: types})
+	w.send(n8nrunner.RunnerNodeTypesRequest{TaskID: taskID,
+		RequestID: "types-1", RequestParams: types})
 	nt := expect[n8nrunner.BrokerNodeTypes](w)
 	assert.Equal(t, "types-1", nt.RequestID)
 	assert.Equal(t, taskID, nt.TaskID)
@@ -452,7 +469,8 @@ func TestRunnerRequestsAreAnsweredThroughCallbacks(t *testing.T) {
 	assert.Equal(t, call{taskID: taskID, method: "nodetypes", params: types}, <-calls)
 
 	rpcParams := []json.RawMessage{json.RawMessage(`"hello"`), json.RawMessage(`{"a":1}`)}
-	w.send(n8nrunner.RunnerRPC{CallID: "call-1", TaskID: taskID, Name: "logNodeOutput", Params: rpcParams})
+	w.send(n8nrunner.RunnerRPC{CallID: "call-1", TaskID: taskID,
+		Name: "logNodeOutput", Params: rpcParams})
 	ok := expect[n8nrunner.BrokerRPCResponse](w)
 	assert.Equal(t, "call-1", ok.CallID)
 	assert.Equal(t, taskID, ok.TaskID)
@@ -460,7 +478,8 @@ func TestRunnerRequestsAreAnsweredThroughCallbacks(t *testing.T) {
 	jsonEq(t, `{"ok":true}`, ok.Data)
 	assert.Equal(t, call{taskID: taskID, method: "logNodeOutput", params: rpcParams}, <-calls)
 
-	w.send(n8nrunner.RunnerRPC{CallID: "call-2", TaskID: taskID, Name: "helpers.request", Params: []json.RawMessage{}})
+	w.send(n8nrunner.RunnerRPC{CallID: "call-2", TaskID: taskID, Name: "helpers.request",
+		Params: []json.RawMessage{}})
 	fail := expect[n8nrunner.BrokerRPCResponse](w)
 	assert.Equal(t, "call-2", fail.CallID)
 	assert.Equal(t, n8nrunner.RPCStatusError, fail.Status)
@@ -476,9 +495,11 @@ func TestRunnerRequestsDefaultAnswers(t *testing.T) {
 
 	w.send(n8nrunner.RunnerTaskDataRequest{TaskID: taskID, RequestID: "d"})
 	jsonEq(t, `{}`, expect[n8nrunner.BrokerTaskDataResponse](w).Data)
-	w.send(n8nrunner.RunnerNodeTypesRequest{TaskID: taskID, RequestID: "n", RequestParams: []n8nrunner.NodeTypeID{}})
+	w.send(n8nrunner.RunnerNodeTypesRequest{TaskID: taskID, RequestID: "n",
+		RequestParams: []n8nrunner.NodeTypeID{}})
 	jsonEq(t, `[]`, expect[n8nrunner.BrokerNodeTypes](w).NodeTypes)
-	w.send(n8nrunner.RunnerRPC{CallID: "c", TaskID: taskID, Name: "logNodeOutput", Params: []json.RawMessage{}})
+	w.send(n8nrunner.RunnerRPC{CallID: "c", TaskID: taskID, Name: "logNodeOutput",
+		Params: []json.RawMessage{}})
 	rpc := expect[n8nrunner.BrokerRPCResponse](w)
 	assert.Equal(t, n8nrunner.RPCStatusSuccess, rpc.Status)
 	jsonEq(t, `null`, rpc.Data)
@@ -543,14 +564,16 @@ func TestDisconnect(t *testing.T) {
 		req := b.Submit("python", nil)
 		expect[n8nrunner.BrokerTaskOfferAccept](r1)
 		r2.offer("o2", "python", -1)
-		assert.Equal(t, 1, b.OpenOffers("runner-2"), "a request with an accept in progress is skipped")
+		assert.Equal(t, 1, b.OpenOffers("runner-2"),
+			"a request with an accept in progress is skipped")
 
 		require.NoError(t, r1.conn.Close(n8nrunner.CloseNormal, ""))
 		acc := expect[n8nrunner.BrokerTaskOfferAccept](r2)
 		assert.Equal(t, "o2", acc.OfferID)
 		r2.send(n8nrunner.RunnerTaskAccepted{TaskID: acc.TaskID})
 		expect[n8nrunner.BrokerTaskSettings](r2)
-		r2.send(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
+		r2.send(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID,
+			Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`1`)}})
 		out := outcome(r2, req)
 		assert.Equal(t, "runner-2", out.RunnerID)
 		assert.Equal(t, acc.TaskID, out.TaskID)
@@ -596,7 +619,8 @@ func TestSendAndSendRaw(t *testing.T) {
 	expect[n8nrunner.BrokerRunnerRegistered](w)
 
 	require.NoError(t, b.Send("runner-1", n8nrunner.BrokerTaskCancel{TaskID: "t", Reason: "r"}))
-	assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: "t", Reason: "r"}, expect[n8nrunner.BrokerTaskCancel](w))
+	assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: "t", Reason: "r"},
+		expect[n8nrunner.BrokerTaskCancel](w))
 	require.NoError(t, b.SendRaw("runner-1", []byte(`{"type":"broker:future"}`)))
 	assert.Equal(t, `{"type":"broker:future"}`, string(w.nextRaw()))
 	assert.Error(t, b.SendRaw("runner-2", []byte(`{}`)))
@@ -611,7 +635,8 @@ func TestFramesRecordBothDirectionsInOrder(t *testing.T) {
 	w := dial(t, b, "runner-1")
 	w.register("python")
 	req, taskID := startTask(w, "python", map[string]int{"a": 1})
-	done := n8nrunner.RunnerTaskDone{TaskID: taskID, Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`[]`)}}
+	done := n8nrunner.RunnerTaskDone{TaskID: taskID,
+		Data: n8nrunner.TaskDoneData{Result: json.RawMessage(`[]`)}}
 	w.sendSync(done)
 	outcome(w, req)
 
@@ -716,8 +741,10 @@ func TestMalformedFramesAreRecordedAndIgnored(t *testing.T) {
 	check()
 	w.offer("o1", "python", -1)
 	b.Submit("python", nil)
-	assert.Equal(t, "o1", expect[n8nrunner.BrokerTaskOfferAccept](w).OfferID, "the connection still works")
-	assert.Equal(t, 2*len(malformed), b.CountFrames(func(f brokertest.Frame) bool { return f.Type == "" }))
+	assert.Equal(t, "o1", expect[n8nrunner.BrokerTaskOfferAccept](w).OfferID,
+		"the connection still works")
+	assert.Equal(t, 2*len(malformed),
+		b.CountFrames(func(f brokertest.Frame) bool { return f.Type == "" }))
 }
 
 func TestClose(t *testing.T) {

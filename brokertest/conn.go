@@ -51,7 +51,8 @@ type runnerConn struct {
 
 func newRunnerConn(b *Broker, id string, c n8nrunner.Conn) *runnerConn {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &runnerConn{b: b, id: id, conn: c, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1)}
+	return &runnerConn{b: b, id: id, conn: c, ctx: ctx, cancel: cancel,
+		wake: make(chan struct{}, 1)}
 }
 
 // close closes the connection with a status; the read loop then
@@ -303,19 +304,22 @@ func (c *runnerConn) handle(frame []byte) {
 		if req := c.taskLocked(m.TaskID); req != nil {
 			c.answerAsync(b.responseDelayLocked(req), func() n8nrunner.Message {
 				data := marshal(b.onData(m.TaskID, m.RequestParams))
-				return n8nrunner.BrokerTaskDataResponse{TaskID: m.TaskID, RequestID: m.RequestID, Data: data}
+				return n8nrunner.BrokerTaskDataResponse{TaskID: m.TaskID,
+					RequestID: m.RequestID, Data: data}
 			})
 		}
 	case n8nrunner.RunnerNodeTypesRequest:
 		if req := c.taskLocked(m.TaskID); req != nil {
 			c.answerAsync(b.responseDelayLocked(req), func() n8nrunner.Message {
 				types := marshal(b.onNodeTypes(m.TaskID, m.RequestParams))
-				return n8nrunner.BrokerNodeTypes{TaskID: m.TaskID, RequestID: m.RequestID, NodeTypes: types}
+				return n8nrunner.BrokerNodeTypes{TaskID: m.TaskID,
+					RequestID: m.RequestID, NodeTypes: types}
 			})
 		}
 	case n8nrunner.RunnerRPC:
 		if req := c.taskLocked(m.TaskID); req != nil {
-			c.answerAsync(b.responseDelayLocked(req), func() n8nrunner.Message { return rpcAnswer(b, m) })
+			c.answerAsync(b.responseDelayLocked(req),
+				func() n8nrunner.Message { return rpcAnswer(b, m) })
 		}
 	}
 }
@@ -418,7 +422,8 @@ func (c *runnerConn) answerAsync(delay time.Duration, answer func() n8nrunner.Me
 }
 
 func rpcAnswer(b *Broker, m n8nrunner.RunnerRPC) n8nrunner.Message {
-	resp := n8nrunner.BrokerRPCResponse{CallID: m.CallID, TaskID: m.TaskID, Status: n8nrunner.RPCStatusSuccess}
+	resp := n8nrunner.BrokerRPCResponse{CallID: m.CallID, TaskID: m.TaskID,
+		Status: n8nrunner.RPCStatusSuccess}
 	data, err := b.onRPC(m.TaskID, m.Name, m.Params)
 	if err != nil {
 		resp.Status = n8nrunner.RPCStatusError

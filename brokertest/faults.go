@@ -319,7 +319,8 @@ func (b *Broker) planAcceptLocked(req *Request, o *heldOffer, rec *taskRecord) a
 
 // sendAcceptLocked sends the accept of req for offer o and starts its
 // window.
-func (b *Broker) sendAcceptLocked(req *Request, c *runnerConn, o *heldOffer, p acceptPlan, rec *taskRecord) {
+func (b *Broker) sendAcceptLocked(req *Request, c *runnerConn, o *heldOffer,
+	p acceptPlan, rec *taskRecord) {
 	taskID := req.taskID
 	m := n8nrunner.BrokerTaskOfferAccept{TaskID: taskID, OfferID: o.id}
 	if p.unknown {
@@ -342,7 +343,8 @@ func (b *Broker) sendAcceptLocked(req *Request, c *runnerConn, o *heldOffer, p a
 			b.stats.StalledAcceptTimeouts++
 		} else {
 			b.stats.AcceptTimeouts++
-			b.anomalyLocked("accept of task %s to runner %s not answered within %s", taskID, c.id, b.acceptTimeout)
+			b.anomalyLocked("accept of task %s to runner %s not answered within %s",
+				taskID, c.id, b.acceptTimeout)
 		}
 		delete(b.accepts, taskID)
 		req.hiddenOffer = nil
@@ -362,7 +364,8 @@ func (b *Broker) cancelBeforeSettingsLocked(req *Request) bool {
 	}
 	b.countFaultLocked(FaultCancelBeforeSettings, b.history[req.taskID])
 	b.markCancelledLocked(req.taskID)
-	req.conn.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: req.taskID, Reason: ReasonRequesterTimeout})
+	req.conn.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: req.taskID,
+		Reason: ReasonRequesterTimeout})
 	req.finishLocked(Outcome{Cancelled: ReasonRequesterTimeout})
 	return true
 }
@@ -380,7 +383,8 @@ func (b *Broker) afterSettingsLocked(req *Request) {
 	if req.plan.duplicateSettings || b.chanceLocked(b.faults.DuplicateSettings) {
 		req.plan.duplicateSettings = false
 		b.countFaultLocked(FaultDuplicateSettings, rec)
-		req.conn.sendLocked(n8nrunner.BrokerTaskSettings{TaskID: req.taskID, Settings: req.settings})
+		req.conn.sendLocked(n8nrunner.BrokerTaskSettings{TaskID: req.taskID,
+			Settings: req.settings})
 		if rec != nil {
 			rec.Settings++
 		}
@@ -542,7 +546,8 @@ func (b *Broker) DropPings(runnerID string, ignorePongs bool) error {
 		return err
 	}
 	if !c.pinged {
-		return fmt.Errorf("brokertest: runner %q is not pinged (in-memory connection or no heartbeat)", runnerID)
+		return fmt.Errorf("brokertest: runner %q is not pinged (in-memory connection or "+
+			"no heartbeat)", runnerID)
 	}
 	if ignorePongs {
 		b.countFaultLocked(FaultIgnorePongs, nil)
@@ -633,7 +638,8 @@ func NewInjector(b *Broker, runnerID string, cfg InjectorConfig) *Injector {
 		kinds = []Fault{FaultCloseFrame, FaultAbruptDisconnect, FaultRestart, FaultStall}
 	}
 	kinds = slices.DeleteFunc(slices.Clone(kinds), func(f Fault) bool {
-		return !slices.Contains(ConnectionFaults(), f) || (f == FaultOversizeFrame && cfg.OversizeBytes <= 0)
+		return !slices.Contains(ConnectionFaults(), f) ||
+			(f == FaultOversizeFrame && cfg.OversizeBytes <= 0)
 	})
 	return &Injector{
 		b:        b,
@@ -887,7 +893,8 @@ func (b *Broker) newTaskIDLocked() string {
 // recordLocked starts the record of a task id and forgets the oldest
 // finished records beyond the history limit.
 func (b *Broker) newRecordLocked(req *Request, c *runnerConn, offerID string) *taskRecord {
-	rec := &taskRecord{TaskInfo: TaskInfo{TaskID: req.taskID, RunnerID: c.id, OfferID: offerID}, conn: c}
+	rec := &taskRecord{TaskInfo: TaskInfo{TaskID: req.taskID, RunnerID: c.id, OfferID: offerID},
+		conn: c}
 	b.history[req.taskID] = rec
 	b.historyOrder = append(b.historyOrder, req.taskID)
 	for len(b.historyOrder)-b.historyHead > b.historyLimit {
@@ -919,14 +926,16 @@ func (b *Broker) noteAnswerLocked(c *runnerConn, taskID, answer string) {
 		o := req.hiddenOffer
 		req.hiddenOffer = nil
 		if answer == n8nrunner.TypeRunnerTaskAccepted {
-			b.anomalyLocked("task %s accepted by runner %s though its accept named an unknown offer", taskID, c.id)
+			b.anomalyLocked("task %s accepted by runner %s though its accept named an "+
+				"unknown offer", taskID, c.id)
 		} else if !o.conn.gone && o.valid(time.Now()) {
 			b.offers = append([]*heldOffer{o}, b.offers...)
 		}
 	}
 	rec.Answers++
 	if rec.Answers > 1 {
-		if answer == n8nrunner.TypeRunnerTaskAccepted && rec.Answer == n8nrunner.TypeRunnerTaskAccepted {
+		if answer == n8nrunner.TypeRunnerTaskAccepted &&
+			rec.Answer == n8nrunner.TypeRunnerTaskAccepted {
 			b.anomalyLocked("task %s accepted twice by runner %s", taskID, c.id)
 		}
 		return
@@ -959,11 +968,13 @@ func (b *Broker) noteTerminalLocked(c *runnerConn, taskID, typ string) {
 	}
 	if rec.conn != c {
 		b.stats.MisroutedTerminals++
-		b.anomalyLocked("%s for task %s on another connection than the one it was accepted on (runner %s)", typ, taskID, c.id)
+		b.anomalyLocked("%s for task %s on another connection than the one it was accepted on "+
+			"(runner %s)", typ, taskID, c.id)
 	}
 	if rec.Settings == 0 {
 		b.stats.TerminalsWithoutSettings++
-		b.anomalyLocked("%s for task %s, whose settings were never sent (runner %s)", typ, taskID, c.id)
+		b.anomalyLocked("%s for task %s, whose settings were never sent (runner %s)",
+			typ, taskID, c.id)
 	}
 	if rec.Cancelled {
 		b.stats.TerminalsAfterCancel++
@@ -1016,7 +1027,8 @@ func (b *Broker) checkExposureLocked(c *runnerConn, offerID string) {
 	b.stats.MaxExposure = max(b.stats.MaxExposure, n)
 	if b.exposureLimit > 0 && n > b.exposureLimit {
 		b.stats.OverExposed++
-		b.anomalyLocked("offer %s took runner %s to exposure %d over %d (%d offers, %d accepts, %d tasks)",
+		b.anomalyLocked("offer %s took runner %s to exposure %d over %d (%d offers, "+
+			"%d accepts, %d tasks)",
 			offerID, c.id, n, b.exposureLimit, o, a, t)
 	}
 }

@@ -63,7 +63,8 @@ func TestDelayedAccept(t *testing.T) {
 
 	t.Run("drawn", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			b := newBroker(t, brokertest.WithFaults(brokertest.Faults{Seed: 3, DelayedAccept: 1, AcceptDelay: 200 * time.Millisecond}))
+			b := newBroker(t, brokertest.WithFaults(brokertest.Faults{Seed: 3, DelayedAccept: 1,
+				AcceptDelay: 200 * time.Millisecond}))
 			w := bubbleDial(t, b, "runner-1")
 			w.register("python")
 			for range 10 {
@@ -111,7 +112,8 @@ func TestDuplicateAccept(t *testing.T) {
 		second := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		assert.Equal(t, first, second)
 		w.send(n8nrunner.RunnerTaskAccepted{TaskID: first.TaskID})
-		w.send(n8nrunner.RunnerTaskRejected{TaskID: first.TaskID, Reason: n8nrunner.RejectOfferExpired})
+		w.send(n8nrunner.RunnerTaskRejected{TaskID: first.TaskID,
+			Reason: n8nrunner.RejectOfferExpired})
 		expect[n8nrunner.BrokerTaskSettings](w)
 		quiet(w)
 		w.send(n8nrunner.RunnerTaskDone{TaskID: first.TaskID, Data: doneData})
@@ -159,7 +161,8 @@ func TestLateAccept(t *testing.T) {
 		acc := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		assert.Equal(t, "o1", acc.OfferID)
 
-		w.send(n8nrunner.RunnerTaskRejected{TaskID: acc.TaskID, Reason: n8nrunner.RejectOfferExpired})
+		w.send(n8nrunner.RunnerTaskRejected{TaskID: acc.TaskID,
+			Reason: n8nrunner.RejectOfferExpired})
 		w.offer("o2", "python", 1000)
 		next := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		assert.Equal(t, "o2", next.OfferID, "only the first accept is late")
@@ -198,7 +201,8 @@ func TestUnknownOfferAccept(t *testing.T) {
 		assert.True(t, strings.HasPrefix(acc.OfferID, "unknown-"), "offer id %q", acc.OfferID)
 		assert.Equal(t, 1, b.OpenOffers("runner-1"), "the offer matched is taken for the accept")
 		assert.Equal(t, 2, b.Exposure("runner-1"))
-		w.send(n8nrunner.RunnerTaskRejected{TaskID: acc.TaskID, Reason: n8nrunner.RejectOfferExpired})
+		w.send(n8nrunner.RunnerTaskRejected{TaskID: acc.TaskID,
+			Reason: n8nrunner.RejectOfferExpired})
 		next := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		assert.Equal(t, "o1", next.OfferID, "after the rejection the hidden offer is first again")
 		w.send(n8nrunner.RunnerTaskAccepted{TaskID: next.TaskID})
@@ -229,7 +233,8 @@ func TestCancelBeforeSettings(t *testing.T) {
 		acc := expect[n8nrunner.BrokerTaskOfferAccept](w)
 		w.send(n8nrunner.RunnerTaskAccepted{TaskID: acc.TaskID})
 		c := expect[n8nrunner.BrokerTaskCancel](w)
-		assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID, Reason: brokertest.ReasonRequesterTimeout}, c)
+		assert.Equal(t, n8nrunner.BrokerTaskCancel{TaskID: acc.TaskID,
+			Reason: brokertest.ReasonRequesterTimeout}, c)
 		quiet(w)
 		out := outcome(w, req)
 		assert.Equal(t, brokertest.ReasonRequesterTimeout, out.Cancelled)
@@ -237,7 +242,8 @@ func TestCancelBeforeSettings(t *testing.T) {
 		assert.Zero(t, b.Exposure("runner-1"))
 
 		// A result for a task that never got its settings is an anomaly.
-		w.sendSync(n8nrunner.RunnerTaskError{TaskID: acc.TaskID, Error: json.RawMessage(`{"message":"x"}`)})
+		w.sendSync(n8nrunner.RunnerTaskError{TaskID: acc.TaskID,
+			Error: json.RawMessage(`{"message":"x"}`)})
 		s := b.Stats()
 		assert.Equal(t, 1, s.TerminalsWithoutSettings)
 		assert.Equal(t, 1, s.TerminalsAfterCancel)
@@ -273,7 +279,8 @@ func TestCancelRunning(t *testing.T) {
 
 	t.Run("a task done first is not cancelled", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			b := newBroker(t, brokertest.WithFaults(brokertest.Faults{CancelRunning: 1, CancelWithin: time.Second}))
+			b := newBroker(t, brokertest.WithFaults(brokertest.Faults{CancelRunning: 1,
+				CancelWithin: time.Second}))
 			w := bubbleDial(t, b, "runner-1")
 			w.register("python")
 			req, taskID := startTask(w, "python", nil)
@@ -317,12 +324,14 @@ func TestSlowResponses(t *testing.T) {
 			expect[n8nrunner.BrokerTaskSettings](w)
 
 			w.send(n8nrunner.RunnerTaskDataRequest{TaskID: acc.TaskID, RequestID: "d1"})
-			w.send(n8nrunner.RunnerRPC{CallID: "c1", TaskID: acc.TaskID, Name: "logNodeOutput", Params: []json.RawMessage{}})
+			w.send(n8nrunner.RunnerRPC{CallID: "c1", TaskID: acc.TaskID, Name: "logNodeOutput",
+				Params: []json.RawMessage{}})
 			sleep(time.Second - time.Nanosecond)
 			quiet(w)
 			sleep(time.Nanosecond)
 			got := []n8nrunner.Message{w.next(), w.next()}
-			assert.ElementsMatch(t, []string{n8nrunner.TypeBrokerTaskDataResponse, n8nrunner.TypeBrokerRPCResponse},
+			assert.ElementsMatch(t,
+				[]string{n8nrunner.TypeBrokerTaskDataResponse, n8nrunner.TypeBrokerRPCResponse},
 				[]string{got[0].MessageType(), got[1].MessageType()})
 			assert.Equal(t, 2, b.FaultCounts()[brokertest.FaultSlowResponse])
 		})
@@ -330,7 +339,8 @@ func TestSlowResponses(t *testing.T) {
 
 	t.Run("drawn", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			b := newBroker(t, brokertest.WithFaults(brokertest.Faults{SlowResponse: 1, ResponseDelay: 50 * time.Millisecond}))
+			b := newBroker(t, brokertest.WithFaults(brokertest.Faults{SlowResponse: 1,
+				ResponseDelay: 50 * time.Millisecond}))
 			w := bubbleDial(t, b, "runner-1")
 			w.register("javascript")
 			_, taskID := startTask(w, "javascript", nil)
@@ -391,7 +401,8 @@ func TestDropConnection(t *testing.T) {
 				assert.Equal(t, tt.code, closeCode(w.closed()))
 				assert.True(t, outcome(w, req).Disconnected)
 				assert.Equal(t, 1, b.FaultCounts()[tt.fault])
-				assert.ErrorIs(t, b.DropConnection("runner-1", tt.closeFrame), brokertest.ErrNotRegistered)
+				assert.ErrorIs(t, b.DropConnection("runner-1", tt.closeFrame),
+					brokertest.ErrNotRegistered)
 			})
 		})
 	}
@@ -638,7 +649,8 @@ func TestSendOversize(t *testing.T) {
 			frame := w.nextRaw()
 			assert.Len(t, frame, 1000)
 			_, err := n8nrunner.Decode(frame)
-			assert.ErrorIs(t, err, n8nrunner.ErrUnknownType, "a well-formed frame of an unknown type")
+			assert.ErrorIs(t, err, n8nrunner.ErrUnknownType,
+				"a well-formed frame of an unknown type")
 
 			require.NoError(t, b.SendOversize("runner-1", 1001))
 			err = w.closed()
@@ -664,7 +676,8 @@ func TestSendOversize(t *testing.T) {
 		defer cancel()
 		_, _, err := ws.Read(ctx)
 		assert.ErrorIs(t, err, websocket.ErrMessageTooBig)
-		require.Eventually(t, func() bool { return len(b.Runners()) == 0 }, waitLimit, time.Millisecond,
+		require.Eventually(t, func() bool { return len(b.Runners()) == 0 },
+			waitLimit, time.Millisecond,
 			"the broker sees the 1009 close")
 	})
 }
@@ -696,7 +709,8 @@ func TestExposure(t *testing.T) {
 		assert.Equal(t, 3, s.MaxExposure)
 		assert.Equal(t, 1, s.OverExposed)
 		require.Len(t, s.Anomalies, 1)
-		assert.Contains(t, s.Anomalies[0], "offer o4 took runner runner-1 to exposure 3 over 2 (2 offers, 0 accepts, 1 tasks)")
+		assert.Contains(t, s.Anomalies[0],
+			"offer o4 took runner runner-1 to exposure 3 over 2 (2 offers, 0 accepts, 1 tasks)")
 
 		w.send(n8nrunner.RunnerTaskDone{TaskID: acc.TaskID, Data: doneData})
 		outcome(w, req)
@@ -717,7 +731,8 @@ func TestTerminalCounts(t *testing.T) {
 		assert.Equal(t, 1, b.TerminalCount(taskID))
 		assert.Empty(t, b.Stats().Anomalies)
 
-		owner.sendSync(n8nrunner.RunnerTaskError{TaskID: taskID, Error: json.RawMessage(`{"message":"again"}`)})
+		owner.sendSync(n8nrunner.RunnerTaskError{TaskID: taskID,
+			Error: json.RawMessage(`{"message":"again"}`)})
 		other.sendSync(n8nrunner.RunnerTaskDone{TaskID: taskID, Data: doneData})
 		owner.sendSync(n8nrunner.RunnerTaskDone{TaskID: "no-such-task", Data: doneData})
 		assert.Equal(t, 3, b.TerminalCount(taskID))
@@ -849,7 +864,8 @@ func autoRunner(w *wire, tasks int) {
 			switch m := m.(type) {
 			case n8nrunner.BrokerTaskOfferAccept:
 				if seen[m.TaskID] {
-					w.send(n8nrunner.RunnerTaskRejected{TaskID: m.TaskID, Reason: n8nrunner.RejectOfferExpired})
+					w.send(n8nrunner.RunnerTaskRejected{TaskID: m.TaskID,
+						Reason: n8nrunner.RejectOfferExpired})
 				} else {
 					seen[m.TaskID] = true
 					w.send(n8nrunner.RunnerTaskAccepted{TaskID: m.TaskID})
@@ -885,7 +901,8 @@ func TestSeededFaultsRepeat(t *testing.T) {
 		return counts
 	}
 	first := run(1)
-	for _, f := range []brokertest.Fault{brokertest.FaultDuplicateAccept, brokertest.FaultDuplicateSettings, brokertest.FaultCancelBeforeSettings} {
+	for _, f := range []brokertest.Fault{brokertest.FaultDuplicateAccept,
+		brokertest.FaultDuplicateSettings, brokertest.FaultCancelBeforeSettings} {
 		assert.Positive(t, first[f], "%s", f)
 		assert.Less(t, first[f], 40, "%s", f)
 	}
@@ -904,8 +921,10 @@ func TestSetFaults(t *testing.T) {
 		assert.NotEqual(t, "o1", acc.OfferID)
 
 		b.SetFaults(brokertest.Faults{})
-		w.send(n8nrunner.RunnerTaskRejected{TaskID: acc.TaskID, Reason: n8nrunner.RejectOfferExpired})
-		assert.Equal(t, "o1", expect[n8nrunner.BrokerTaskOfferAccept](w).OfferID, "the faults are off")
+		w.send(n8nrunner.RunnerTaskRejected{TaskID: acc.TaskID,
+			Reason: n8nrunner.RejectOfferExpired})
+		assert.Equal(t, "o1",
+			expect[n8nrunner.BrokerTaskOfferAccept](w).OfferID, "the faults are off")
 	})
 }
 
@@ -915,7 +934,8 @@ func TestInjector(t *testing.T) {
 			b := newBroker(t)
 			w := bubbleDial(t, b, "runner-1")
 			w.register("python")
-			in := brokertest.NewInjector(b, "runner-1", brokertest.InjectorConfig{Seed: 1, Kinds: []brokertest.Fault{brokertest.FaultCloseFrame}})
+			in := brokertest.NewInjector(b, "runner-1", brokertest.InjectorConfig{Seed: 1,
+				Kinds: []brokertest.Fault{brokertest.FaultCloseFrame}})
 			f, err := in.Inject()
 			require.NoError(t, err)
 			assert.Equal(t, brokertest.FaultCloseFrame, f)
@@ -948,7 +968,8 @@ func TestInjector(t *testing.T) {
 
 	t.Run("oversize needs a size", func(t *testing.T) {
 		b := newBroker(t)
-		in := brokertest.NewInjector(b, "x", brokertest.InjectorConfig{Kinds: []brokertest.Fault{brokertest.FaultOversizeFrame}})
+		in := brokertest.NewInjector(b, "x",
+			brokertest.InjectorConfig{Kinds: []brokertest.Fault{brokertest.FaultOversizeFrame}})
 		_, err := in.Inject()
 		assert.ErrorContains(t, err, "no fault kinds")
 	})
@@ -957,7 +978,8 @@ func TestInjector(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			b := newBroker(t)
 			in := brokertest.NewInjector(b, "nobody", brokertest.InjectorConfig{
-				Seed: 2, Kinds: []brokertest.Fault{brokertest.FaultRestart}, MaxDown: 10 * time.Millisecond,
+				Seed: 2, Kinds: []brokertest.Fault{brokertest.FaultRestart},
+				MaxDown: 10 * time.Millisecond,
 			})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()

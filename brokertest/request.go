@@ -141,7 +141,8 @@ func (r *Request) sendSettingsLocked() {
 				return
 			}
 			r.b.markCancelledLocked(r.taskID)
-			r.conn.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: r.taskID, Reason: ReasonTaskTimeout})
+			r.conn.sendLocked(n8nrunner.BrokerTaskCancel{TaskID: r.taskID,
+				Reason: ReasonTaskTimeout})
 			r.finishLocked(Outcome{Cancelled: ReasonTaskTimeout})
 		})
 	}
@@ -208,12 +209,14 @@ func (r *Request) finishLocked(o Outcome) {
 // broker does after every new offer, request, reject and accept timeout.
 func (b *Broker) settleLocked() {
 	now := time.Now()
-	b.offers = slices.DeleteFunc(b.offers, func(o *heldOffer) bool { return !o.valid(now) || o.conn.gone })
+	b.offers = slices.DeleteFunc(b.offers,
+		func(o *heldOffer) bool { return !o.valid(now) || o.conn.gone })
 	for _, req := range b.queue {
 		if b.accepts[req.taskID] == req {
 			continue
 		}
-		i := slices.IndexFunc(b.offers, func(o *heldOffer) bool { return o.taskType == req.TaskType })
+		i := slices.IndexFunc(b.offers,
+			func(o *heldOffer) bool { return o.taskType == req.TaskType })
 		if i < 0 {
 			continue
 		}
