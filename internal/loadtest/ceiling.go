@@ -50,7 +50,8 @@ func (h *harness) ceiling(ctx context.Context, inflight int) (CeilingResult, err
 	ctx, cancel := context.WithTimeout(ctx, h.sliceWarm+h.slice+30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, h.gorunner, "-mode", "echo", "-url", sim.EchoURL(),
-		"-inflight", strconv.Itoa(inflight), "-warmup", h.sliceWarm.String(), "-duration", h.slice.String())
+		"-inflight", strconv.Itoa(inflight), "-warmup", h.sliceWarm.String(),
+		"-duration", h.slice.String())
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
 	cmd.Stderr = os.Stderr
 	var outb bytes.Buffer

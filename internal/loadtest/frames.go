@@ -23,7 +23,8 @@ var settingsJSON = mustJSON(map[string]any{
 })
 
 // inputItems is the one item the Code node gets.
-var inputItems = []any{map[string]any{"json": map[string]any{"n": 1}, "pairedItem": map[string]any{"item": 0}}}
+var inputItems = []any{map[string]any{"json": map[string]any{"n": 1},
+	"pairedItem": map[string]any{"item": 0}}}
 
 // dataJSON is the data of broker:taskdataresponse for that task: the shape
 // a real n8n sends (PROTOCOL §10.3), cut to a Manual Trigger feeding the
@@ -98,7 +99,8 @@ var dataJSON = mustJSON(map[string]any{
 var codeNode = map[string]any{
 	"id": "00000000-0000-4000-8000-000000000002", "name": "Code",
 	"type": "n8n-nodes-base.code", "typeVersion": 2, "position": []int{220, 0},
-	"parameters": map[string]any{"jsCode": jsCode, "language": "javaScript", "mode": "runOnceForAllItems"},
+	"parameters": map[string]any{"jsCode": jsCode, "language": "javaScript",
+		"mode": "runOnceForAllItems"},
 }
 
 func mustJSON(v any) []byte {

@@ -84,7 +84,8 @@ func TestAuthAndGrants(t *testing.T) {
 	defer sim.Close()
 
 	post := func(body string) *http.Response {
-		resp, err := http.Post(sim.URL()+"/runners/auth", "application/json", strings.NewReader(body))
+		resp, err := http.Post(sim.URL()+"/runners/auth", "application/json",
+			strings.NewReader(body))
 		require.NoError(t, err)
 		t.Cleanup(func() { resp.Body.Close() })
 		return resp
@@ -126,8 +127,9 @@ func TestAuthAndGrants(t *testing.T) {
 
 func TestFrames(t *testing.T) {
 	for _, frame := range [][]byte{
-		acceptFrame("abcdefgh", `odd"offer`), settingsFrame("abcdefgh"), dataFrame("abcdefgh", "r1"),
-		nodeTypesFrame("abcdefgh", "r2"), rpcFrame("c1", "abcdefgh"), cancelFrame("abcdefgh", "why"),
+		acceptFrame("abcdefgh", `odd"offer`), settingsFrame("abcdefgh"),
+		dataFrame("abcdefgh", "r1"), nodeTypesFrame("abcdefgh", "r2"),
+		rpcFrame("c1", "abcdefgh"), cancelFrame("abcdefgh", "why"),
 	} {
 		assert.True(t, json.Valid(frame), "%s", frame)
 	}
@@ -164,11 +166,15 @@ func TestReport(t *testing.T) {
 			{Runner: goPlain, Concurrency: 10, TasksPerSec: 12000, AcceptP50: 50, AcceptP99: 150},
 			{Runner: jsName, Concurrency: 10, TasksPerSec: 400, AcceptP50: 1500, AcceptP99: 30000},
 		},
-		Idle: []IdleResult{{Runner: goPlain, Slots: 10, Window: 20, RSSMiB: 8, CPU: cpuUse{Ticks: 0.05, Sched: 0.02}}},
+		Idle: []IdleResult{{Runner: goPlain, Slots: 10, Window: 20, RSSMiB: 8,
+			CPU: cpuUse{Ticks: 0.05, Sched: 0.02}}},
 	}
-	md := renderMarkdown(res, reportExtras{command: "bench", goBench: "BenchmarkOfferPoolQuietTick/offers=10-2 \t 1000 \t 6.5 ns/op \t 0 B/op \t 0 allocs/op\n"})
+	md := renderMarkdown(res, reportExtras{command: "bench",
+		goBench: "BenchmarkOfferPoolQuietTick/offers=10-2 \t 1000 \t 6.5 ns/op " +
+			"\t 0 B/op \t 0 allocs/op\n"})
 	assert.Contains(t, md, "| go-plain | 10 | 12,000 | 30.0 | 60 % |")
-	assert.Contains(t, md, "| `go-plain` ≥ 10× the JS runner's tasks/s, conc. 10 | 30.0× (12,000 vs 400) | met |")
+	assert.Contains(t, md,
+		"| `go-plain` ≥ 10× the JS runner's tasks/s, conc. 10 | 30.0× (12,000 vs 400) | met |")
 	assert.Contains(t, md, "quiet tick allocates nothing")
 	assert.NotContains(t, md, "**missed**")
 

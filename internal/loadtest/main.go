@@ -53,25 +53,33 @@ func usage() {
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	h := &harness{pids: map[int]bool{}}
-	fs.StringVar(&h.gorunner, "gorunner", "", "path of the built ./internal/loadtest/cmd/gorunner (required)")
+	fs.StringVar(&h.gorunner, "gorunner", "",
+		"path of the built ./internal/loadtest/cmd/gorunner (required)")
 	fs.StringVar(&h.node, "node", "", "Node.js 24 binary for n8n's JS runner (empty: skip it)")
 	fs.StringVar(&h.jsStart, "js-start", "", "@n8n/task-runner's dist/start.js")
 	fs.StringVar(&h.out, "out", "", "output directory (required)")
-	fs.DurationVar(&h.warmup, "warmup", time.Second, "load: time under load before each runner's first slice")
+	fs.DurationVar(&h.warmup, "warmup", time.Second,
+		"load: time under load before each runner's first slice")
 	fs.DurationVar(&h.slice, "slice", time.Second, "load: one measurement slice")
-	fs.DurationVar(&h.sliceWarm, "slice-warmup", 300*time.Millisecond, "load: ramp-up before each slice")
-	fs.IntVar(&h.rounds, "rounds", 5, "load: slices per runner and setting, interleaved between the runners")
-	fs.DurationVar(&h.idleSettle, "idle-settle", 10*time.Second, "idle: time registered before measuring")
+	fs.DurationVar(&h.sliceWarm, "slice-warmup", 300*time.Millisecond,
+		"load: ramp-up before each slice")
+	fs.IntVar(&h.rounds, "rounds", 5,
+		"load: slices per runner and setting, interleaved between the runners")
+	fs.DurationVar(&h.idleSettle, "idle-settle", 10*time.Second,
+		"idle: time registered before measuring")
 	fs.DurationVar(&h.idleSpan, "idle-window", 20*time.Second, "idle: measurement window")
 	concs := fs.String("conc", "1,10,100", "concurrencies to load the runners at")
 	slots := fs.String("slots", "10,1000,10000", "slot counts to measure idle runners with")
 	pacedRate := fs.Int("paced-rate", 200, "paced load: task requests per second (0: skip)")
 	pacedSlots := fs.Int("paced-slots", 10, "paced load: the runners' slots")
-	profile := fs.String("profile", goPlain+","+goData, "Go runners to take CPU profiles of, in extra phases (empty: none)")
+	profile := fs.String("profile", goPlain+","+goData,
+		"Go runners to take CPU profiles of, in extra phases (empty: none)")
 	fs.BoolVar(&h.trace, "trace", false, "profiled load phases also write an execution trace")
-	phases := fs.String("phases", "load,paced,idle,profile", "phases to run (load includes the ceiling)")
+	phases := fs.String("phases", "load,paced,idle,profile",
+		"phases to run (load includes the ceiling)")
 	fs.DurationVar(&h.retryBudget, "retry-budget", 4*time.Minute,
-		"time to spend waiting for other processes to quiet down and measuring again what they disturbed")
+		"time to spend waiting for other processes to quiet down and measuring "+
+			"again what they disturbed")
 	timeout := fs.Duration("timeout", 15*time.Minute, "stop the whole run after this long")
 	fs.Parse(args)
 	if h.gorunner == "" || h.out == "" {

@@ -105,8 +105,10 @@ func (h *harness) measureSlice(ctx context.Context, l *live, conc, rate int) (sl
 	s1, _ := readCPU(os.Getpid())
 	m1 := readMachineCPU()
 
-	sl := sliceResult{st: st, runner: r1.sched - r0.sched, sim: s1.sched - s0.sched, wall: r1.at.Sub(r0.at)}
-	sl.other = max(0, busyBetween(m0, m1, h.cpus)-100*(sl.runner+sl.sim).Seconds()/sl.wall.Seconds())
+	sl := sliceResult{st: st, runner: r1.sched - r0.sched,
+		sim: s1.sched - s0.sched, wall: r1.at.Sub(r0.at)}
+	sl.other = max(0,
+		busyBetween(m0, m1, h.cpus)-100*(sl.runner+sl.sim).Seconds()/sl.wall.Seconds())
 	return sl, nil
 }
 
@@ -126,7 +128,8 @@ func combine(l *live, conc, rate int, slices []sliceResult) LoadResult {
 		Seconds: st.Seconds(), TasksPerSec: float64(st.Done) / st.Seconds(),
 		Done: st.Done, Errors: st.Errors, Rejected: st.Rejected, AcceptTimeouts: st.AcceptTimeouts,
 		AcceptP50: percentile(st.AcceptLat, 50), AcceptP99: percentile(st.AcceptLat, 99),
-		SlotP50: percentile(st.SlotLat, 50), SlotP99: percentile(st.SlotLat, 99), SlotSamples: len(st.SlotLat),
+		SlotP50: percentile(st.SlotLat, 50), SlotP99: percentile(st.SlotLat, 99),
+		SlotSamples:  len(st.SlotLat),
 		RunnerCPU:    100 * runner.Seconds() / wall.Seconds(),
 		SimCPU:       100 * sim.Seconds() / wall.Seconds(),
 		OtherCPU:     other / wall.Seconds(),
@@ -142,8 +145,8 @@ func combine(l *live, conc, rate int, slices []sliceResult) LoadResult {
 // change in the machine's speed during the run falls on all of them
 // alike. With withCeiling each round also takes a slice of the ceiling at
 // depth conc; with rate > 0 (paced) a slice of the round-trip floor.
-func (h *harness) loadRounds(ctx context.Context, specs []runnerSpec, conc, rate int, withCeiling bool,
-	res *Results) error {
+func (h *harness) loadRounds(ctx context.Context, specs []runnerSpec, conc, rate int,
+	withCeiling bool, res *Results) error {
 	tag := fmt.Sprintf("c%d", conc)
 	what := fmt.Sprintf("concurrency %d", conc)
 	if rate > 0 {
@@ -207,7 +210,8 @@ func (h *harness) loadRounds(ctx context.Context, specs []runnerSpec, conc, rate
 		}
 		if rate > 0 {
 			name := fmt.Sprintf("%s: round-trip floor, round %d of %d", what, round+1, h.rounds)
-			rtts, err := quiet(h, name, func() ([]int64, float64, error) { return h.floor(ctx, rate) })
+			rtts, err := quiet(h, name,
+				func() ([]int64, float64, error) { return h.floor(ctx, rate) })
 			if err != nil {
 				return err
 			}
@@ -228,7 +232,8 @@ func (h *harness) loadRounds(ctx context.Context, specs []runnerSpec, conc, rate
 		res.Ceiling = append(res.Ceiling, ceil)
 	}
 	if rate > 0 {
-		res.Floor = &FloorResult{Rate: rate, Samples: len(floor), P50: percentile(floor, 50), P99: percentile(floor, 99)}
+		res.Floor = &FloorResult{Rate: rate, Samples: len(floor), P50: percentile(floor, 50),
+			P99: percentile(floor, 99)}
 	}
 	return nil
 }
@@ -250,7 +255,8 @@ type IdleResult struct {
 // idle registers the runners with slots, all at once (idle, they hardly
 // disturb each other, and they then share the machine's state), and
 // measures each once it has been registered for idleSettle+idleSpan.
-func (h *harness) idle(ctx context.Context, specs []runnerSpec, slots int, extra []string) ([]IdleResult, float64, error) {
+func (h *harness) idle(ctx context.Context, specs []runnerSpec, slots int,
+	extra []string) ([]IdleResult, float64, error) {
 	tag := fmt.Sprintf("idle%d", slots)
 	if len(extra) > 0 {
 		tag += "-profile"
@@ -378,9 +384,10 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 		Concurrent: pl.concs,
 		SlotCounts: pl.slotCounts,
 		Settings: map[string]string{
-			"warmup": h.warmup.String(), "slice": h.slice.String(), "sliceWarmup": h.sliceWarm.String(),
-			"rounds":     fmt.Sprint(h.rounds),
-			"idleSettle": h.idleSettle.String(), "idleWindow": h.idleSpan.String(),
+			"warmup": h.warmup.String(), "slice": h.slice.String(),
+			"sliceWarmup": h.sliceWarm.String(),
+			"rounds":      fmt.Sprint(h.rounds),
+			"idleSettle":  h.idleSettle.String(), "idleWindow": h.idleSpan.String(),
 		},
 	}
 	if h.node != "" {
@@ -423,9 +430,10 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 			if i == 0 {
 				group = append(slices.Clone(idlers), h.baselineSpec())
 			}
-			r, err := quiet(h, fmt.Sprintf("idle with %d slots", n), func() ([]IdleResult, float64, error) {
-				return h.idle(ctx, group, n, nil)
-			})
+			r, err := quiet(h, fmt.Sprintf("idle with %d slots", n),
+				func() ([]IdleResult, float64, error) {
+					return h.idle(ctx, group, n, nil)
+				})
 			if err != nil {
 				return nil, err
 			}
@@ -451,8 +459,8 @@ func (h *harness) run(ctx context.Context, pl plan) (*Results, error) {
 // phases of their own so that the profiler's work stays out of the
 // measured figures. With h.trace the load phases also write an execution
 // trace.
-func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []string, concs, slotCounts []int,
-	res *Results) error {
+func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []string,
+	concs, slotCounts []int, res *Results) error {
 	res.Profiles = map[string]string{}
 	idleDone := false
 	for _, spec := range specs {
@@ -467,10 +475,11 @@ func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []stri
 				args = append(args, "-trace", base+".trace")
 			}
 			h.progress("profile: %s at concurrency %d", spec.Name, n)
-			err := h.withRunner(ctx, spec, n, fmt.Sprintf("c%d-profile", n), args, func(l *live) error {
-				l.sess.StartLoad(n)
-				return sleep(ctx, h.warmup+time.Duration(h.rounds)*h.slice)
-			})
+			err := h.withRunner(ctx, spec, n, fmt.Sprintf("c%d-profile", n),
+				args, func(l *live) error {
+					l.sess.StartLoad(n)
+					return sleep(ctx, h.warmup+time.Duration(h.rounds)*h.slice)
+				})
 			if err != nil {
 				return err
 			}
@@ -481,7 +490,8 @@ func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []stri
 			n := slices.Max(slotCounts)
 			path := filepath.Join(h.out, fmt.Sprintf("%s-idle%d.pprof", spec.Name, n))
 			h.progress("profile: %s idle with %d slots", spec.Name, n)
-			err := h.withRunner(ctx, spec, n, fmt.Sprintf("idle%d-profile", n), []string{"-cpuprofile", path},
+			err := h.withRunner(ctx, spec, n, fmt.Sprintf("idle%d-profile", n),
+				[]string{"-cpuprofile", path},
 				func(*live) error { return sleep(ctx, h.idleSettle+h.idleSpan) })
 			if err != nil {
 				return err
@@ -494,10 +504,12 @@ func (h *harness) profiles(ctx context.Context, specs []runnerSpec, names []stri
 
 func (h *harness) checkFailures(r LoadResult) {
 	if r.Errors > 0 {
-		h.note("%s at concurrency %d: %d tasks failed, the first with %q", r.Runner, r.Concurrency, r.Errors, r.FirstError)
+		h.note("%s at concurrency %d: %d tasks failed, the first with %q",
+			r.Runner, r.Concurrency, r.Errors, r.FirstError)
 	}
 	if r.AcceptTimeouts > 0 {
-		h.note("%s at concurrency %d: %d accepts went unanswered for 2 s", r.Runner, r.Concurrency, r.AcceptTimeouts)
+		h.note("%s at concurrency %d: %d accepts went unanswered for 2 s",
+			r.Runner, r.Concurrency, r.AcceptTimeouts)
 	}
 }
 
@@ -520,11 +532,13 @@ func quiet[T any](h *harness, name string, measure func() (T, float64, error)) (
 			return r, err
 		}
 		if h.retryBudget <= 0 {
-			h.note("%s: other processes or the hypervisor kept %.0f %% of a core busy during the measurement",
+			h.note("%s: other processes or the hypervisor kept %.0f %% of a core busy "+
+				"during the measurement",
 				name, other)
 			return r, nil
 		}
-		h.progress("%s: other processes or the hypervisor kept %.0f %% of a core busy; measuring again", name, other)
+		h.progress("%s: other processes or the hypervisor kept %.0f %% of a core busy; "+
+			"measuring again", name, other)
 		h.retryBudget -= time.Since(start)
 		h.retries++
 	}
@@ -540,7 +554,8 @@ func (h *harness) waitQuiet(name string) {
 			return
 		}
 		if !said {
-			h.progress("%s: waiting for other processes (%.0f %% of a core) to quiet down", name, other)
+			h.progress("%s: waiting for other processes (%.0f %% of a core) to quiet down",
+				name, other)
 			said = true
 		}
 		h.retryBudget -= 500 * time.Millisecond

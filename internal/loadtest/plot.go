@@ -46,7 +46,8 @@ func renderPlot(res *Results) ([]byte, error) {
 	img := image.NewPaletted(image.Rect(0, 0, plotW, plotH), palette)
 	runners := runnerOrder(res)
 
-	drawText(img, 20, 14, "NO-OP TASKS THROUGH ONE CONNECTION TO A LOOPBACK BROKER SIMULATOR", 2, cText)
+	drawText(img, 20, 14, "NO-OP TASKS THROUGH ONE CONNECTION TO A LOOPBACK BROKER SIMULATOR",
+		2, cText)
 	// The legend, wrapped to the width of the plot.
 	x, y := 20, 46
 	item := func(w int, draw func(x, y int)) {
@@ -80,9 +81,11 @@ func renderPlot(res *Results) ([]byte, error) {
 	}
 	drawPanel(img, res, runners, 70, "TASKS PER SECOND", tput, compact, ceiling)
 	drawPanel(img, res, runners, 620, "ACCEPT LATENCY P99", p99, duration, nil)
-	drawText(img, 20, plotH-28, fmt.Sprintf("%d CPUS, %s. C: TASK REQUESTS OUTSTANDING = RUNNER SLOTS.",
-		res.Machine.CPUs, res.Machine.Model), 1, cAxis)
-	drawText(img, 20, plotH-16, "CEILING: SMALL-FRAME ROUND TRIPS/S AT THAT DEPTH × 2 / 5 FRAMES PER NO-OP TASK.", 1, cAxis)
+	drawText(img, 20, plotH-28,
+		fmt.Sprintf("%d CPUS, %s. C: TASK REQUESTS OUTSTANDING = RUNNER SLOTS.",
+			res.Machine.CPUs, res.Machine.Model), 1, cAxis)
+	drawText(img, 20, plotH-16, "CEILING: SMALL-FRAME ROUND TRIPS/S AT THAT DEPTH × 2 / 5 "+
+		"FRAMES PER NO-OP TASK.", 1, cAxis)
 
 	var buf bytes.Buffer
 	enc := png.Encoder{CompressionLevel: png.BestCompression}

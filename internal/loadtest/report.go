@@ -33,25 +33,33 @@ func renderMarkdown(res *Results, x reportExtras) string {
 	}
 	fmt.Fprintf(&b, ". The simulator and the runner under test share the machine.\n\n")
 	st := res.Settings
-	fmt.Fprintf(&b, "Windows: under load, all runners of a setting run at once, each with its own simulator; "+
-		"after %s of warm-up each, they are measured in %s rounds of one %s slice each (after a %s ramp), "+
-		"in rotating order, with a slice of the ceiling in every round. "+
-		"Idle: the runners side by side, CPU and offers counted over %s starting %s after registration, "+
-		"memory read at the end.\n\n",
-		st["warmup"], st["rounds"], st["slice"], st["sliceWarmup"], st["idleWindow"], st["idleSettle"])
+	fmt.Fprintf(&b, "Windows: under load, all runners of a setting run at once, "+
+		"each with its own simulator; after %s of warm-up each, they are measured in %s rounds "+
+		"of one %s slice each (after a %s ramp), in rotating order, with a slice of the ceiling "+
+		"in every round. Idle: the runners side by side, CPU and offers counted over %s "+
+		"starting %s after registration, memory read at the end.\n\n",
+		st["warmup"], st["rounds"], st["slice"], st["sliceWarmup"], st["idleWindow"],
+		st["idleSettle"])
 	if x.pngRef != "" {
-		fmt.Fprintf(&b, "![tasks/s and p99 accept latency per runner and concurrency](%s)\n\n", x.pngRef)
+		fmt.Fprintf(&b, "![tasks/s and p99 accept latency per runner and concurrency](%s)\n\n",
+			x.pngRef)
 	}
 
 	b.WriteString("### Under load\n\n")
-	b.WriteString("Each runner gets as many slots as the simulator keeps task requests outstanding (the concurrency).\n")
-	b.WriteString("Ceiling share: tasks/s ÷ (round trips/s at that depth × 2 ÷ frames per task).\n\n")
-	b.WriteString("| runner | conc. | tasks/s | × JS | ceiling share | accept p50 | accept p99 | slot freed → offer p50 | p99 | CPU: runner | simulator | others | failed |\n")
+	b.WriteString("Each runner gets as many slots as the simulator keeps task requests " +
+		"outstanding (the concurrency).\n")
+	b.WriteString("Ceiling share: tasks/s ÷ (round trips/s at that depth × 2 ÷ " +
+		"frames per task).\n\n")
+	b.WriteString("| runner | conc. | tasks/s | × JS | ceiling share | accept p50 | accept p99 " +
+		"| slot freed → offer p50 | p99 | CPU: runner | simulator | others | failed |\n")
 	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, l := range res.Load {
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %.0f %% | %.0f %% | %.0f %% | %d |\n",
-			l.Runner, l.Concurrency, thousands(l.TasksPerSec), timesJS(res, l), share(ceilingShare(res, l)),
-			us(l.AcceptP50), us(l.AcceptP99), us(l.SlotP50), us(l.SlotP99), l.RunnerCPU, l.SimCPU, l.OtherCPU, l.Errors)
+		fmt.Fprintf(&b,
+			"| %s | %d | %s | %s | %s | %s | %s | %s | %s | %.0f %% | %.0f %% | %.0f %% | %d |\n",
+			l.Runner, l.Concurrency, thousands(l.TasksPerSec), timesJS(res, l),
+			share(ceilingShare(res, l)),
+			us(l.AcceptP50), us(l.AcceptP99), us(l.SlotP50), us(l.SlotP99), l.RunnerCPU,
+			l.SimCPU, l.OtherCPU, l.Errors)
 	}
 	b.WriteString("\nRunners: ")
 	for i, name := range runnerOrder(res) {
@@ -64,44 +72,56 @@ func renderMarkdown(res *Results, x reportExtras) string {
 
 	if len(res.Paced) > 0 {
 		p := res.Paced[0]
-		fmt.Fprintf(&b, "### Paced load: %d task requests per second, %d slots\n\n", p.Rate, p.Concurrency)
-		b.WriteString("The same tasks at a fixed rate every runner keeps up with, so latency is not queueing behind a saturated loop.\n")
+		fmt.Fprintf(&b, "### Paced load: %d task requests per second, %d slots\n\n",
+			p.Rate, p.Concurrency)
+		b.WriteString("The same tasks at a fixed rate every runner keeps up with, so latency is " +
+			"not queueing behind a saturated loop.\n")
 		if f := res.Floor; f != nil {
-			fmt.Fprintf(&b, "Floor of the stack at the same pace: one small frame at a time echoed by the simulator, %d a second, "+
+			fmt.Fprintf(&b, "Floor of the stack at the same pace: one small frame at a time "+
+				"echoed by the simulator, %d a second, "+
 				"round trip p50 %s, p99 %s.\n", f.Rate, us(f.P50), us(f.P99))
 		}
 		b.WriteString("\n")
-		b.WriteString("| runner | tasks/s | accept p50 | accept p99 | slot freed → offer p50 | p99 | CPU: runner | simulator | others | failed |\n")
+		b.WriteString("| runner | tasks/s | accept p50 | accept p99 | slot freed → offer p50 | " +
+			"p99 | CPU: runner | simulator | others | failed |\n")
 		b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, l := range res.Paced {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.1f %% | %.1f %% | %.1f %% | %d |\n",
-				l.Runner, thousands(l.TasksPerSec), us(l.AcceptP50), us(l.AcceptP99), us(l.SlotP50), us(l.SlotP99),
+				l.Runner, thousands(l.TasksPerSec), us(l.AcceptP50), us(l.AcceptP99),
+				us(l.SlotP50), us(l.SlotP99),
 				l.RunnerCPU, l.SimCPU, l.OtherCPU, l.Errors)
 		}
 		b.WriteString("\n")
 	}
 
 	b.WriteString("### Ceiling: small frames echoed over the same loopback WebSocket stack\n\n")
-	b.WriteString("| frames in flight | round trips/s | mean round trip | tasks/s at 5 frames | tasks/s at 7 frames | CPU: client | simulator | others |\n")
+	b.WriteString("| frames in flight | round trips/s | mean round trip | tasks/s at 5 frames | " +
+		"tasks/s at 7 frames | CPU: client | simulator | others |\n")
 	b.WriteString("|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, c := range res.Ceiling {
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.0f %% | %.0f %% | %.0f %% |\n", c.Inflight, thousands(c.RoundTrips),
-			us(1e6*float64(c.Inflight)/c.RoundTrips), thousands(c.RoundTrips*2/5), thousands(c.RoundTrips*2/7),
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.0f %% | %.0f %% | %.0f %% |\n",
+			c.Inflight, thousands(c.RoundTrips),
+			us(1e6*float64(c.Inflight)/c.RoundTrips), thousands(c.RoundTrips*2/5),
+			thousands(c.RoundTrips*2/7),
 			c.ClientCPU, c.SimCPU, c.OtherCPU)
 	}
-	b.WriteString("\nMean round trip = frames in flight ÷ round trips/s (Little's law): the queueing delay any frame meets at that depth.\n")
+	b.WriteString("\nMean round trip = frames in flight ÷ round trips/s (Little's law): the " +
+		"queueing delay any frame meets at that depth.\n")
 
 	b.WriteString("\n### Idle\n\n")
-	b.WriteString("| runner | slots | CPU, utime+stime | CPU, schedstat | resident | offers/s | first offer after registered | all slots offered after |\n")
+	b.WriteString("| runner | slots | CPU, utime+stime | CPU, schedstat | resident | offers/s | " +
+		"first offer after registered | all slots offered after |\n")
 	b.WriteString("|---|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, i := range res.Idle {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.1f MiB | %.1f | %s | %s |\n", i.Runner, thousands(float64(i.Slots)),
-			pct(i.CPU.Ticks), pct(i.CPU.Sched), i.RSSMiB, i.OffersPerSec, msec(i.FirstOfferMs), msec(i.FullPoolMs))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.1f MiB | %.1f | %s | %s |\n",
+			i.Runner, thousands(float64(i.Slots)),
+			pct(i.CPU.Ticks), pct(i.CPU.Sched), i.RSSMiB, i.OffersPerSec,
+			msec(i.FirstOfferMs), msec(i.FullPoolMs))
 	}
-	b.WriteString("\nCPU is in % of one core; utime+stime comes in 10 ms ticks, so over the window one tick is " +
-		tickShare(res) + "; schedstat counts nanoseconds. `go-baseline` is the floor for an idle Go client: " +
-		"a process that registers over the same WebSocket stack and then only wakes every 250 ms, " +
-		"sending nothing.\n")
+	b.WriteString("\nCPU is in % of one core; utime+stime comes in 10 ms ticks, so over the " +
+		"window one tick is " + tickShare(res) + "; schedstat counts nanoseconds. " +
+		"`go-baseline` is the floor for an idle Go client: a process that registers over " +
+		"the same WebSocket stack and then only wakes every 250 ms, sending nothing.\n")
 
 	b.WriteString("\n### Targets\n\n")
 	b.WriteString("| target | measured | verdict |\n|---|---|---|\n")
@@ -116,7 +136,8 @@ func renderMarkdown(res *Results, x reportExtras) string {
 		}
 	}
 	if x.goBench != "" {
-		b.WriteString("\n### Offer pool, quiet tick (`go test -run '^$' -bench OfferPoolQuietTick -benchmem .`)\n\n")
+		b.WriteString("\n### Offer pool, quiet tick (`go test -run '^$' -bench " +
+			"OfferPoolQuietTick -benchmem .`)\n\n")
 		fmt.Fprintf(&b, "```text\n%s```\n", benchLines(x.goBench))
 	}
 	for _, name := range slices.Sorted(maps.Keys(x.tops)) {
@@ -126,7 +147,8 @@ func renderMarkdown(res *Results, x reportExtras) string {
 		} else if r, ok := strings.CutSuffix(name, "-idle"); ok {
 			runner, what = r, fmt.Sprintf("idle with %s slots", thousands(float64(maxSlots(res))))
 		}
-		fmt.Fprintf(&b, "\n### CPU profile of `%s` %s (`go tool pprof -top`, head)\n\n", runner, what)
+		fmt.Fprintf(&b, "\n### CPU profile of `%s` %s (`go tool pprof -top`, head)\n\n",
+			runner, what)
 		fmt.Fprintf(&b, "```text\n%s```\n", pprofHead(x.tops[name], 25))
 	}
 	return b.String()
@@ -151,7 +173,8 @@ func targets(res *Results, x reportExtras) []target {
 					r := l.TasksPerSec / js.TasksPerSec
 					ts = append(ts, target{
 						fmt.Sprintf("`%s` ≥ 10× the JS runner's tasks/s, conc. %d", name, conc),
-						fmt.Sprintf("%.1f× (%s vs %s)", r, thousands(l.TasksPerSec), thousands(js.TasksPerSec)),
+						fmt.Sprintf("%.1f× (%s vs %s)", r, thousands(l.TasksPerSec),
+							thousands(js.TasksPerSec)),
 						verdict(r >= 10, fmt.Sprintf("%.2f× the target", r/10)),
 					})
 				}
@@ -160,7 +183,8 @@ func targets(res *Results, x reportExtras) []target {
 			// data response is not one, so only the no-op is held to it.
 			if s := ceilingShare(res, l); s >= 0 && name == goPlain {
 				ts = append(ts, target{
-					fmt.Sprintf("`%s` ≥ ½ of the ceiling ÷ %d frames, conc. %d", name, res.Frames[name], conc),
+					fmt.Sprintf("`%s` ≥ ½ of the ceiling ÷ %d frames, conc. %d",
+						name, res.Frames[name], conc),
 					fmt.Sprintf("%.0f %% of it", 100*s),
 					verdict(s >= 0.5, fmt.Sprintf("%.2f× the target", s/0.5)),
 				})
@@ -178,8 +202,10 @@ func targets(res *Results, x reportExtras) []target {
 		if found {
 			ts = append(ts, target{
 				fmt.Sprintf("`%s` accept p99 < 200 µs, saturated closed loop", name),
-				fmt.Sprintf("worst %s at conc. %d (%s)", us(worst.AcceptP99), worst.Concurrency, allP99(res, name)),
-				verdict(worst.AcceptP99 < 200, fmt.Sprintf("%.1f× the bound", worst.AcceptP99/200)),
+				fmt.Sprintf("worst %s at conc. %d (%s)",
+					us(worst.AcceptP99), worst.Concurrency, allP99(res, name)),
+				verdict(worst.AcceptP99 < 200,
+					fmt.Sprintf("%.1f× the bound", worst.AcceptP99/200)),
 			})
 		}
 		for _, p := range res.Paced {
@@ -191,7 +217,8 @@ func targets(res *Results, x reportExtras) []target {
 				ts = append(ts, target{
 					fmt.Sprintf("`%s` accept p99 < 200 µs, paced %d tasks/s", name, p.Rate),
 					us(p.AcceptP99) + floor,
-					verdict(p.AcceptP99 >= 0 && p.AcceptP99 < 200, fmt.Sprintf("%.1f× the bound", p.AcceptP99/200)),
+					verdict(p.AcceptP99 >= 0 && p.AcceptP99 < 200,
+						fmt.Sprintf("%.1f× the bound", p.AcceptP99/200)),
 				})
 			}
 		}
@@ -232,9 +259,11 @@ func targets(res *Results, x reportExtras) []target {
 		}
 		worst := firsts[len(firsts)-1]
 		ts = append(ts, target{"first offer within 5 ms of `broker:runnerregistered`",
-			fmt.Sprintf("median %s, worst %s, over %d Go runner starts", msec(firsts[len(firsts)/2]), msec(worst), len(firsts)),
-			verdict(within == len(firsts), fmt.Sprintf("in %d of %d starts; the worst is %.1f× the bound",
-				len(firsts)-within, len(firsts), worst/5))})
+			fmt.Sprintf("median %s, worst %s, over %d Go runner starts",
+				msec(firsts[len(firsts)/2]), msec(worst), len(firsts)),
+			verdict(within == len(firsts),
+				fmt.Sprintf("in %d of %d starts; the worst is %.1f× the bound",
+					len(firsts)-within, len(firsts), worst/5))})
 	}
 	var base *IdleResult
 	for k, i := range res.Idle {
@@ -265,7 +294,8 @@ func targets(res *Results, x reportExtras) []target {
 	return ts
 }
 
-var benchLine = regexp.MustCompile(`^BenchmarkOfferPoolQuietTick/offers=(\d+)\S*\s+\d+\s+([\d.]+) ns/op\s+(\d+) B/op\s+(\d+) allocs/op`)
+var benchLine = regexp.MustCompile(`^BenchmarkOfferPoolQuietTick/offers=(\d+)\S*` +
+	`\s+\d+\s+([\d.]+) ns/op\s+(\d+) B/op\s+(\d+) allocs/op`)
 
 // quietTickTarget reads the quiet-tick benchmark: no allocations, and no
 // cost that grows with the number of open offers.
@@ -283,7 +313,8 @@ func quietTickTarget(out string) target {
 		v, _ := strconv.ParseFloat(m[2], 64)
 		a, _ := strconv.Atoi(m[4])
 		ns, allocs = append(ns, v), allocs+a
-		parts = append(parts, fmt.Sprintf("%s offers: %s ns, %s allocs", thousands(atof(m[1])), m[2], m[4]))
+		parts = append(parts,
+			fmt.Sprintf("%s offers: %s ns, %s allocs", thousands(atof(m[1])), m[2], m[4]))
 	}
 	if len(ns) == 0 {
 		t.measured, t.verdict = "no benchmark output", "not measured"
@@ -391,7 +422,8 @@ func thousands(v float64) string {
 func benchLines(out string) string {
 	var b strings.Builder
 	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "Benchmark") || strings.HasPrefix(line, "cpu:") || strings.HasPrefix(line, "goos") {
+		if strings.HasPrefix(line, "Benchmark") || strings.HasPrefix(line, "cpu:") ||
+			strings.HasPrefix(line, "goos") {
 			b.WriteString(line + "\n")
 		}
 	}

@@ -157,7 +157,8 @@ type live struct {
 
 // start starts a simulator and a runner with the given slots and waits
 // for the runner to register.
-func (h *harness) start(ctx context.Context, spec runnerSpec, slots int, tag string, extra []string) (*live, error) {
+func (h *harness) start(ctx context.Context, spec runnerSpec, slots int, tag string,
+	extra []string) (*live, error) {
 	sim, err := NewSim(authToken, slots)
 	if err != nil {
 		return nil, err
@@ -194,14 +195,15 @@ func (h *harness) stop(l *live) {
 	delete(h.pids, l.proc.pid())
 	l.sess.Drain(3 * time.Second)
 	if !l.proc.stop(5 * time.Second) {
-		h.note("%s (%s) did not exit within 5 s of the drain and close; it was signalled", l.spec.Name, l.tag)
+		h.note("%s (%s) did not exit within 5 s of the drain and close; it was signalled",
+			l.spec.Name, l.tag)
 	}
 	l.sim.Close()
 }
 
 // withRunner starts a runner, runs fn, and stops it.
-func (h *harness) withRunner(ctx context.Context, spec runnerSpec, slots int, tag string, extra []string,
-	fn func(l *live) error) error {
+func (h *harness) withRunner(ctx context.Context, spec runnerSpec, slots int, tag string,
+	extra []string, fn func(l *live) error) error {
 	l, err := h.start(ctx, spec, slots, tag, extra)
 	if err != nil {
 		return err

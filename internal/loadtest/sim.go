@@ -128,7 +128,8 @@ func (s *Sim) serveAuth(w http.ResponseWriter, r *http.Request) {
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt != "application/json" ||
-		json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&body) != nil || body.Token == "" {
+		json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&body) != nil ||
+		body.Token == "" {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"code": 400, "message": "invalid_type"})
 		return
 	}
@@ -161,7 +162,8 @@ func (s *Sim) serveRunner(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "Forbidden", http.StatusForbidden)
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	ws, err := websocket.Accept(w, r,
+		&websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		return
 	}
@@ -172,7 +174,8 @@ func (s *Sim) serveRunner(w http.ResponseWriter, r *http.Request) {
 // serveEcho sends every frame back, through the same reader and writer
 // queue a runner session uses.
 func (s *Sim) serveEcho(w http.ResponseWriter, r *http.Request) {
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	ws, err := websocket.Accept(w, r,
+		&websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		return
 	}

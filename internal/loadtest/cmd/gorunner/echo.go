@@ -20,7 +20,8 @@ var echoFrame = []byte(`{"type":"runner:taskaccepted","taskId":"abcdefgh"}`)
 // {"inflight":N,"roundTrips":N,"seconds":S,"cpuPercent":P} on stdout.
 // With rate > 0 it sends one frame at a time, rate a second, and prints
 // every round trip instead.
-func echo(ctx context.Context, url string, inflight, rate int, warmup, duration time.Duration) error {
+func echo(ctx context.Context, url string,
+	inflight, rate int, warmup, duration time.Duration) error {
 	if url == "" || inflight < 1 {
 		return fmt.Errorf("echo needs -url and -inflight >= 1")
 	}
@@ -82,7 +83,8 @@ func echo(ctx context.Context, url string, inflight, rate int, warmup, duration 
 	cpu := (cpuTime() - cpu0).Seconds()
 	ws.Close(websocket.StatusNormalClosure, "")
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"inflight": inflight, "roundTrips": n, "seconds": elapsed, "cpuPercent": 100 * cpu / elapsed,
+		"inflight": inflight, "roundTrips": n, "seconds": elapsed,
+		"cpuPercent": 100 * cpu / elapsed,
 	})
 }
 

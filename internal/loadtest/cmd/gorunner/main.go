@@ -45,9 +45,11 @@ func main() {
 	traceFile := flag.String("trace", "", "write an execution trace to this file")
 	url := flag.String("url", "", "echo: WebSocket URL of the echo endpoint")
 	inflight := flag.Int("inflight", 1, "echo: frames kept outstanding")
-	rate := flag.Int("rate", 0, "echo: send one frame at a time, this many a second, and print each round trip")
+	rate := flag.Int("rate", 0,
+		"echo: send one frame at a time, this many a second, and print each round trip")
 	duration := flag.Duration("duration", 3*time.Second, "echo: how long to measure")
-	warmup := flag.Duration("warmup", 500*time.Millisecond, "echo: how long to run before measuring")
+	warmup := flag.Duration("warmup", 500*time.Millisecond,
+		"echo: how long to run before measuring")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -108,7 +110,8 @@ func serve(ctx context.Context, mode, taskType string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	r, err := n8nrunner.New(cfg, n8nrunner.WithLogger(log), n8nrunner.WithName("n8nrunner loadtest"))
+	r, err := n8nrunner.New(cfg, n8nrunner.WithLogger(log),
+		n8nrunner.WithName("n8nrunner loadtest"))
 	if err != nil {
 		return err
 	}
