@@ -28,7 +28,8 @@ func TestBugOfferOvertakesResult(t *testing.T) {
 	defer b.Close()
 	cfg := n8nrunner.DefaultConfig()
 	cfg.MaxConcurrency = 1
-	r, err := n8nrunner.New(cfg, n8nrunner.WithDialer(b.Dialer()), n8nrunner.WithLogger(quietLogger()))
+	r, err := n8nrunner.New(cfg, n8nrunner.WithDialer(b.Dialer()),
+		n8nrunner.WithLogger(quietLogger()))
 	require.NoError(t, err)
 	r.HandleFunc(taskType, func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
 		return n8nrunner.Result{Value: 1}, nil
@@ -47,7 +48,8 @@ func TestBugOfferOvertakesResult(t *testing.T) {
 	stop()
 	require.NoError(t, <-done)
 	st := b.Stats()
-	assert.Zero(t, st.OverExposed, "offers that reached the broker while it still held the slot's task, such as %q",
+	assert.Zero(t, st.OverExposed,
+		"offers that reached the broker while it still held the slot's task, such as %q",
 		st.Anomalies[:min(len(st.Anomalies), 1)])
 }
 
@@ -79,7 +81,8 @@ func (c *scriptedConn) Read(ctx context.Context) ([]byte, error) {
 	case 3:
 		id := <-c.offer
 		<-c.closed
-		return []byte(`{"type":"broker:taskofferaccept","taskId":"zombie01","offerId":"` + id + `"}`), nil
+		return []byte(`{"type":"broker:taskofferaccept","taskId":"zombie01",` +
+			`"offerId":"` + id + `"}`), nil
 	}
 	<-c.closed
 	return nil, errors.New("scripted connection closed")
@@ -131,7 +134,8 @@ func TestBugAcceptOnEndedSession(t *testing.T) {
 	defer stopWaiting()
 	require.NoError(t, b.WaitRegistered(waitCtx, r.ID()))
 
-	assert.Eventually(t, func() bool { return b.OpenOffers(r.ID()) == 1 }, 2*time.Second, 10*time.Millisecond,
+	assert.Eventually(t, func() bool { return b.OpenOffers(r.ID()) == 1 },
+		2*time.Second, 10*time.Millisecond,
 		"the runner offers its one slot on the new connection")
 	stopAt := time.Now()
 	cancel()

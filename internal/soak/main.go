@@ -41,20 +41,29 @@ func main() {
 	var (
 		tasks       = flag.Int("tasks", 100000, "number of tasks to submit")
 		concurrency = flag.Int("concurrency", 8, "the runner's maximum concurrency")
-		seed        = flag.Uint64("seed", 1, "seed of the faults, the handler behaviours and the fault schedule")
-		faults      = flag.String("faults", "all", `fault kinds to inject: "all", "none", or a comma-separated list of `+faultNames())
-		duration    = flag.Duration("duration", 0, "stop submitting after this long (0: no cap)")
-		faultEvery  = flag.Duration("fault-every", 2*time.Second, "mean time between two connection faults")
-		faultRate   = flag.Float64("fault-rate", 1, "multiplier of the chances of accept, task and response faults")
-		wsFraction  = flag.Float64("ws-fraction", 0.02, "fraction of the tasks run over loopback WebSocket")
-		allow       = flag.String("allow", "", "comma-separated violation kinds to report without failing, for known bugs")
-		quiet       = flag.Bool("q", false, "no progress lines")
-		cpuProfile  = flag.String("cpuprofile", "", "write a CPU profile of the whole soak to this file")
-		memProfile  = flag.String("memprofile", "", "write a heap profile, taken at the end of the in-memory phase, to this file")
+		seed        = flag.Uint64("seed", 1,
+			"seed of the faults, the handler behaviours and the fault schedule")
+		faults = flag.String("faults", "all",
+			`fault kinds to inject: "all", "none", or a comma-separated list of `+faultNames())
+		duration   = flag.Duration("duration", 0, "stop submitting after this long (0: no cap)")
+		faultEvery = flag.Duration("fault-every", 2*time.Second,
+			"mean time between two connection faults")
+		faultRate = flag.Float64("fault-rate", 1,
+			"multiplier of the chances of accept, task and response faults")
+		wsFraction = flag.Float64("ws-fraction", 0.02,
+			"fraction of the tasks run over loopback WebSocket")
+		allow = flag.String("allow", "",
+			"comma-separated violation kinds to report without failing, for known bugs")
+		quiet      = flag.Bool("q", false, "no progress lines")
+		cpuProfile = flag.String("cpuprofile", "",
+			"write a CPU profile of the whole soak to this file")
+		memProfile = flag.String("memprofile", "",
+			"write a heap profile, taken at the end of the in-memory phase, to this file")
 	)
 	flag.Parse()
 	kinds, err := parseFaults(*faults)
-	if err != nil || *tasks < 1 || *concurrency < 1 || *wsFraction < 0 || *wsFraction > 1 || *faultEvery <= 0 {
+	if err != nil || *tasks < 1 || *concurrency < 1 || *wsFraction < 0 ||
+		*wsFraction > 1 || *faultEvery <= 0 {
 		if err == nil {
 			err = fmt.Errorf("bad flag values")
 		}
@@ -64,7 +73,8 @@ func main() {
 	}
 	o := options{
 		Tasks: *tasks, Concurrency: *concurrency, Seed: *seed, Faults: kinds, Duration: *duration,
-		FaultEvery: *faultEvery, FaultRate: *faultRate, WSFraction: *wsFraction, ProgressEvery: 10 * time.Second,
+		FaultEvery: *faultEvery, FaultRate: *faultRate, WSFraction: *wsFraction,
+		ProgressEvery: 10 * time.Second,
 	}
 	if *allow != "" {
 		o.Allow = strings.Split(*allow, ",")
@@ -139,11 +149,13 @@ func (s *summary) print(w io.Writer) {
 	fmt.Fprintf(w, "soak: seed %d, concurrency %d, %d tasks asked, faults %s\n",
 		o.Seed, o.Concurrency, o.Tasks, faultList(o.Faults))
 	for _, p := range s.phases {
-		fmt.Fprintf(w, "phase %-9s %8d tasks in %-10s (%.0f tasks/s), %d reconnects\n", p.name, p.tasks,
-			p.wall.Round(time.Millisecond), float64(p.tasks)/p.wall.Seconds(), max(p.registrations-1, 0))
+		fmt.Fprintf(w, "phase %-9s %8d tasks in %-10s (%.0f tasks/s), %d reconnects\n",
+			p.name, p.tasks, p.wall.Round(time.Millisecond), float64(p.tasks)/p.wall.Seconds(),
+			max(p.registrations-1, 0))
 	}
 	if s.capped {
-		fmt.Fprintf(w, "submitting stopped by -duration %s after %d tasks\n", o.Duration, s.submitted)
+		fmt.Fprintf(w, "submitting stopped by -duration %s after %d tasks\n",
+			o.Duration, s.submitted)
 	}
 
 	fmt.Fprintf(w, "tasks %d:", s.submitted)
@@ -191,17 +203,22 @@ func (s *summary) print(w io.Writer) {
 	for _, p := range s.phases {
 		reconnects += max(p.registrations-1, 0)
 	}
-	fmt.Fprintf(w, "reconnects %d (registrations %d, broker restarts %d)\n", reconnects, agg.Registrations, agg.Restarts)
-	fmt.Fprintf(w, "accepts %d, answered %d; latency of the worst phase: mean %s, p99 ≤ %s, max %s; "+
-		"unanswered in 2 s on live connections %d (on stalled ones %d)\n",
-		agg.Accepts, agg.AcceptAnswers, lat.Mean(), lat.Quantile(0.99), lat.Max, agg.AcceptTimeouts, agg.StalledAcceptTimeouts)
+	fmt.Fprintf(w, "reconnects %d (registrations %d, broker restarts %d)\n",
+		reconnects, agg.Registrations, agg.Restarts)
+	fmt.Fprintf(w, "accepts %d, answered %d; latency of the worst phase: mean %s, p99 ≤ %s, "+
+		"max %s; unanswered in 2 s on live connections %d (on stalled ones %d)\n",
+		agg.Accepts, agg.AcceptAnswers, lat.Mean(), lat.Quantile(0.99), lat.Max, agg.AcceptTimeouts,
+		agg.StalledAcceptTimeouts)
 	fmt.Fprintf(w, "settings to result, worst phase: mean %s, p99 ≤ %s, max %s\n",
 		tlat.Mean(), tlat.Quantile(0.99), tlat.Max)
-	fmt.Fprintf(w, "exposure max %d (limit %d), offers over the limit %d\n", agg.MaxExposure, o.Concurrency, agg.OverExposed)
-	fmt.Fprintf(w, "terminal messages %d: duplicates %d, on another connection %d, for unknown tasks %d, "+
-		"without settings %d, crossing a cancel %d\n", agg.Terminals, agg.DuplicateTerminals, agg.MisroutedTerminals,
+	fmt.Fprintf(w, "exposure max %d (limit %d), offers over the limit %d\n",
+		agg.MaxExposure, o.Concurrency, agg.OverExposed)
+	fmt.Fprintf(w, "terminal messages %d: duplicates %d, on another connection %d, "+
+		"for unknown tasks %d, without settings %d, crossing a cancel %d\n",
+		agg.Terminals, agg.DuplicateTerminals, agg.MisroutedTerminals,
 		agg.UnknownTerminals, agg.TerminalsWithoutSettings, agg.TerminalsAfterCancel)
-	fmt.Fprintf(w, "secrets: %d tokens looked for in %d bytes of log and %d error texts\n", s.tokens, s.logBytes, s.errorTexts)
+	fmt.Fprintf(w, "secrets: %d tokens looked for in %d bytes of log and %d error texts\n",
+		s.tokens, s.logBytes, s.errorTexts)
 	fmt.Fprintf(w, "goroutines: %d at the start, %d at the end\n", s.goroutines[0], s.goroutines[1])
 
 	n := 0

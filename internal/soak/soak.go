@@ -66,7 +66,8 @@ const (
 	drainWait      = time.Minute
 )
 
-var backoff = n8nrunner.Backoff{Base: 5 * time.Millisecond, Max: 100 * time.Millisecond, Reset: time.Second}
+var backoff = n8nrunner.Backoff{Base: 5 * time.Millisecond,
+	Max: 100 * time.Millisecond, Reset: time.Second}
 
 // Handler behaviours, chosen per task by the submitter.
 const (
@@ -371,7 +372,8 @@ func (p *phase) run(ctx, submitCtx context.Context) {
 	var authToken string
 	if p.ws {
 		authToken = randomToken()
-		opts = append(opts, brokertest.WithAuthToken(authToken), brokertest.WithHeartbeat(heartbeat))
+		opts = append(opts, brokertest.WithAuthToken(authToken),
+			brokertest.WithHeartbeat(heartbeat))
 	}
 	p.b = brokertest.New(opts...)
 
@@ -414,7 +416,8 @@ func (p *phase) run(ctx, submitCtx context.Context) {
 		defer close(p.runDone)
 		runErr = r.Run(runCtx)
 		if !stopping.Load() {
-			p.s.violate("run-ended", "%s phase: Run returned before it was stopped: %v", p.name, runErr)
+			p.s.violate("run-ended", "%s phase: Run returned before it was stopped: %v",
+				p.name, runErr)
 		}
 	}()
 	regCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -427,7 +430,8 @@ func (p *phase) run(ctx, submitCtx context.Context) {
 	var injecting sync.WaitGroup
 	if kinds := p.connectionFaults(); len(kinds) > 0 {
 		in := brokertest.NewInjector(p.b, r.ID(), brokertest.InjectorConfig{
-			Seed: p.seed, Kinds: kinds, MaxDown: 200 * time.Millisecond, OversizeBytes: maxPayload + 1,
+			Seed: p.seed, Kinds: kinds, MaxDown: 200 * time.Millisecond,
+			OversizeBytes: maxPayload + 1,
 		})
 		injecting.Add(1)
 		go func() {
@@ -451,14 +455,17 @@ func (p *phase) run(ctx, submitCtx context.Context) {
 	select {
 	case <-p.runDone:
 	case <-time.After(30 * time.Second):
-		p.s.violate("run-stuck", "%s phase: Run did not return within 30 s of its context's cancel", p.name)
+		p.s.violate("run-stuck", "%s phase: Run did not return within 30 s of its context's cancel",
+			p.name)
 	}
 	switch {
 	case errors.Is(runErr, n8nrunner.ErrForcedStop):
 		// Every task had its outcome, so none should have been running.
-		p.s.violate("forced-stop", "%s phase: Run returned %v though every task had its outcome", p.name, runErr)
+		p.s.violate("forced-stop", "%s phase: Run returned %v though every task had its outcome",
+			p.name, runErr)
 	case runErr != nil:
-		p.s.violate("run-error", "%s phase: Run returned %v after a stop through its context", p.name, runErr)
+		p.s.violate("run-error", "%s phase: Run returned %v after a stop through its context",
+			p.name, runErr)
 	}
 	p.logs.errorText("Run", runErr)
 	p.b.Close()
@@ -532,7 +539,8 @@ submitting:
 	select {
 	case <-all:
 	case <-time.After(drainWait):
-		p.s.violate("no-outcome", "%s phase: %d requests still open %s after the last was submitted",
+		p.s.violate("no-outcome",
+			"%s phase: %d requests still open %s after the last was submitted",
 			p.name, n-int(done.Load()), drainWait)
 	case <-ctx.Done():
 	}
@@ -545,9 +553,10 @@ func (p *phase) progress(n, done int, start time.Time) {
 	}
 	el := time.Since(start)
 	st := p.b.Stats()
-	fmt.Fprintf(p.o.Progress, "soak: %s %s: %d submitted, %d settled (%.0f/s), %d reconnects, %d violations\n",
-		p.name, el.Round(time.Second), n, done, float64(done)/el.Seconds(), max(st.Registrations-1, 0),
-		p.s.violationCount()+brokerViolations(st))
+	fmt.Fprintf(p.o.Progress,
+		"soak: %s %s: %d submitted, %d settled (%.0f/s), %d reconnects, %d violations\n",
+		p.name, el.Round(time.Second), n, done, float64(done)/el.Seconds(),
+		max(st.Registrations-1, 0), p.s.violationCount()+brokerViolations(st))
 }
 
 // await waits for a request's outcome and checks it against what its
@@ -568,10 +577,12 @@ func (p *phase) await(req *brokertest.Request, st taskSettings) {
 		p.s.outcome("done")
 		var res struct{ Seq int }
 		if err := json.Unmarshal(out.Done.Result, &res); err != nil || res.Seq != st.Seq {
-			p.s.violate("wrong-result", "task %d (task id %s) got result %s", st.Seq, out.TaskID, out.Done.Result)
+			p.s.violate("wrong-result", "task %d (task id %s) got result %s",
+				st.Seq, out.TaskID, out.Done.Result)
 		}
 		if st.Kind == kindFail {
-			p.s.violate("wrong-result", "task %d (task id %s) was to fail but is done", st.Seq, out.TaskID)
+			p.s.violate("wrong-result", "task %d (task id %s) was to fail but is done",
+				st.Seq, out.TaskID)
 		}
 	case out.Error != nil:
 		msg := out.ErrorMessage()
@@ -580,10 +591,12 @@ func (p *phase) await(req *brokertest.Request, st taskSettings) {
 			p.s.outcome("failed (planned)")
 		case strings.Contains(msg, "timed out"):
 			p.s.outcome("timed out")
-			p.s.violate("timeout", "task %d (task id %s, %s) timed out: %s", st.Seq, out.TaskID, st.Kind, msg)
+			p.s.violate("timeout", "task %d (task id %s, %s) timed out: %s",
+				st.Seq, out.TaskID, st.Kind, msg)
 		default:
 			p.s.outcome("failed (unplanned)")
-			p.s.violate("unplanned-error", "task %d (task id %s, %s) failed: %s", st.Seq, out.TaskID, st.Kind, msg)
+			p.s.violate("unplanned-error", "task %d (task id %s, %s) failed: %s",
+				st.Seq, out.TaskID, st.Kind, msg)
 		}
 	case out.Cancelled != "":
 		p.s.outcome("cancelled: " + out.Cancelled)
@@ -591,7 +604,8 @@ func (p *phase) await(req *brokertest.Request, st taskSettings) {
 		p.s.outcome("disconnected")
 	case out.Expired:
 		p.s.outcome("expired")
-		p.s.violate("expired", "task %d (request %s) expired: no runner took it for %s (rejections %q)",
+		p.s.violate("expired",
+			"task %d (request %s) expired: no runner took it for %s (rejections %q)",
 			st.Seq, req.ID, requestTimeout, out.Rejections)
 	case out.Err != nil:
 		p.s.outcome("broker closed")
@@ -607,7 +621,8 @@ func (p *phase) handle(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result
 		return n8nrunner.Result{}, err
 	}
 	if earlier, twice := p.exec.record(st.Seq, t.ID); twice {
-		p.s.violate("executed-twice", "task %d executed again as task id %s (first as %s)", st.Seq, t.ID, earlier)
+		p.s.violate("executed-twice", "task %d executed again as task id %s (first as %s)",
+			st.Seq, t.ID, earlier)
 	}
 	switch st.Kind {
 	case kindSleep:
@@ -681,7 +696,8 @@ func (p *phase) collect(authToken string, submitted int, wall time.Duration, run
 	}
 	leaks := p.logs.leaks(secrets)
 	for _, l := range leaks {
-		s.violate("token-leak", "%s phase: a token (%d characters, starting %q) appears in the logs or errors",
+		s.violate("token-leak",
+			"%s phase: a token (%d characters, starting %q) appears in the logs or errors",
 			p.name, len(l), l[:4])
 	}
 	p.logs.mu.Lock()
@@ -693,7 +709,9 @@ func (p *phase) collect(authToken string, submitted int, wall time.Duration, run
 	truncated := p.logs.truncated
 	p.logs.mu.Unlock()
 	if truncated && len(secrets) > 0 {
-		s.violate("log-truncated", "%s phase: more than %d bytes of log; the token check saw only the first", p.name, p.logs.limit)
+		s.violate("log-truncated",
+			"%s phase: more than %d bytes of log; the token check saw only the first",
+			p.name, p.logs.limit)
 	}
 }
 

@@ -42,10 +42,12 @@ func TestShortSoak(t *testing.T) {
 
 	assert.Empty(t, s.failures(), "violations")
 	assert.Equal(t, tasks, s.submitted)
-	assert.LessOrEqual(t, s.goroutines[1], s.goroutines[0], "goroutines at the end and at the start")
+	assert.LessOrEqual(t, s.goroutines[1], s.goroutines[0],
+		"goroutines at the end and at the start")
 	for _, f := range []brokertest.Fault{
-		brokertest.FaultDelayedAccept, brokertest.FaultDuplicateAccept, brokertest.FaultUnknownOffer,
-		brokertest.FaultCancelBeforeSettings, brokertest.FaultDuplicateSettings, brokertest.FaultSlowResponse,
+		brokertest.FaultDelayedAccept, brokertest.FaultDuplicateAccept,
+		brokertest.FaultUnknownOffer, brokertest.FaultCancelBeforeSettings,
+		brokertest.FaultDuplicateSettings, brokertest.FaultSlowResponse,
 	} {
 		assert.Positive(t, s.faults[f], "fault %s injected", f)
 	}
@@ -59,7 +61,8 @@ func TestShortSoak(t *testing.T) {
 
 func TestSoakWithoutFaultsIsClean(t *testing.T) {
 	s := soak(context.Background(), options{
-		Tasks: 2000, Concurrency: 4, Seed: 7, FaultEvery: time.Second, WSFraction: 0.1, Allow: knownRunnerBugs,
+		Tasks: 2000, Concurrency: 4, Seed: 7, FaultEvery: time.Second,
+		WSFraction: 0.1, Allow: knownRunnerBugs,
 	})
 	assert.Empty(t, s.failures())
 	assert.Zero(t, s.outcomes["disconnected"])
@@ -103,7 +106,8 @@ func TestHundredBrokerRestarts(t *testing.T) {
 	cfg.MaxConcurrency = 2
 	r, err := n8nrunner.New(cfg, n8nrunner.WithDialer(b.Dialer()),
 		n8nrunner.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
-		n8nrunner.WithReconnect(n8nrunner.Backoff{Base: time.Millisecond, Max: 20 * time.Millisecond, Reset: time.Hour}))
+		n8nrunner.WithReconnect(n8nrunner.Backoff{Base: time.Millisecond,
+			Max: 20 * time.Millisecond, Reset: time.Hour}))
 	require.NoError(t, err)
 	r.HandleFunc(taskType, func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
 		return n8nrunner.Result{Value: "ok"}, nil
@@ -137,5 +141,6 @@ func TestHundredBrokerRestarts(t *testing.T) {
 	require.NoError(t, <-done)
 	require.NoError(t, b.Close())
 	after := settleGoroutines(before, 5*time.Second)
-	assert.LessOrEqual(t, after, before, "goroutines: %d before, %d after:\n%s", before, after, goroutineDump())
+	assert.LessOrEqual(t, after, before, "goroutines: %d before, %d after:\n%s",
+		before, after, goroutineDump())
 }
