@@ -26,7 +26,8 @@ type Backoff struct {
 
 // DefaultBackoff is the policy used when reconnection is on and no
 // [Backoff] is given.
-var DefaultBackoff = Backoff{Base: 500 * time.Millisecond, Max: 30 * time.Second, Reset: time.Minute}
+var DefaultBackoff = Backoff{Base: 500 * time.Millisecond,
+	Max: 30 * time.Second, Reset: time.Minute}
 
 // withDefaults fills the zero fields from DefaultBackoff.
 func (b Backoff) withDefaults() Backoff {

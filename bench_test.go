@@ -23,7 +23,8 @@ var benchOfferSizes = []int{10, 1000, 10000}
 // runner's (21 characters) and expiries spread at random over the 600 ms
 // that start validFrom after base, as validity jitter and grace spread
 // real ones.
-func benchOffers(rng *rand.Rand, prefix string, n int, base time.Time, validFrom time.Duration) []*offer {
+func benchOffers(rng *rand.Rand, prefix string, n int, base time.Time,
+	validFrom time.Duration) []*offer {
 	offers := make([]*offer, n)
 	for i := range offers {
 		offers[i] = &offer{

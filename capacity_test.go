@@ -63,12 +63,14 @@ func TestSetMaxConcurrencyAtRuntime(t *testing.T) {
 		release := make(chan struct{})
 		h := newHarness(t, runnerOptions{
 			config: func(c *n8nrunner.Config) { c.MaxConcurrency = 4 },
-			handlers: map[string]n8nrunner.HandlerFunc{"python": func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
-				<-release
-				return n8nrunner.Result{}, nil
-			}},
+			handlers: map[string]n8nrunner.HandlerFunc{
+				"python": func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
+					<-release
+					return n8nrunner.Result{}, nil
+				}},
 		})
-		reqs := []*brokertest.Request{h.b.Submit("python", 1), h.b.Submit("python", 2), h.b.Submit("python", 3)}
+		reqs := []*brokertest.Request{h.b.Submit("python", 1), h.b.Submit("python", 2),
+			h.b.Submit("python", 3)}
 		for _, req := range reqs {
 			_, err := req.WaitAccepted(context.Background())
 			require.NoError(t, err)
@@ -137,9 +139,11 @@ func TestLazyStartDefersThenServes(t *testing.T) {
 			close(started)
 			return nil
 		}
-		h := newHarness(t, runnerOptions{options: []n8nrunner.Option{n8nrunner.WithLazyStart(start)}})
+		h := newHarness(t,
+			runnerOptions{options: []n8nrunner.Option{n8nrunner.WithLazyStart(start)}})
 		synctest.Wait()
-		first := h.waitFrame(0, brokertest.FromRunner(n8nrunner.TypeRunnerTaskOffer)).Message.(n8nrunner.RunnerTaskOffer)
+		first := h.waitFrame(0, brokertest.FromRunner(n8nrunner.TypeRunnerTaskOffer)).
+			Message.(n8nrunner.RunnerTaskOffer)
 		assert.Equal(t, int64(-1), first.ValidFor, "a standing offer while not started")
 		assert.Equal(t, 1, h.count(n8nrunner.TypeRunnerTaskOffer), "one per type")
 		assert.False(t, h.r.Stats().Ready)
@@ -147,7 +151,8 @@ func TestLazyStartDefersThenServes(t *testing.T) {
 		out := h.submit("python", "first task")
 		require.NotNil(t, out.Done, "the deferred task is served once started: %+v", out)
 		<-started
-		assert.GreaterOrEqual(t, h.count(n8nrunner.TypeRunnerTaskDeferred), 2, "deferred while starting")
+		assert.GreaterOrEqual(t, h.count(n8nrunner.TypeRunnerTaskDeferred), 2,
+			"deferred while starting")
 		st := h.r.Stats()
 		assert.True(t, st.Ready)
 		assert.Equal(t, uint64(h.count(n8nrunner.TypeRunnerTaskDeferred)), st.Counters.Deferrals)
@@ -171,24 +176,26 @@ func TestStatsAndHooks(t *testing.T) {
 		h := newHarness(t, runnerOptions{
 			options: []n8nrunner.Option{n8nrunner.WithHooks(hooks)},
 			config:  func(c *n8nrunner.Config) { c.TaskTimeout = time.Second },
-			handlers: map[string]n8nrunner.HandlerFunc{"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
-				switch string(t.Settings) {
-				case `"fail"`:
-					return n8nrunner.Result{}, errors.New("no")
-				case `"panic"`:
-					panic("oops")
-				case `"slow"`:
-					<-ctx.Done()
-				}
-				return n8nrunner.Result{}, nil
-			}},
+			handlers: map[string]n8nrunner.HandlerFunc{
+				"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+					switch string(t.Settings) {
+					case `"fail"`:
+						return n8nrunner.Result{}, errors.New("no")
+					case `"panic"`:
+						panic("oops")
+					case `"slow"`:
+						<-ctx.Done()
+					}
+					return n8nrunner.Result{}, nil
+				}},
 		})
 		synctest.Wait()
 		assert.Equal(t, n8nrunner.StateServing, h.r.Stats().State)
 		for _, s := range []string{"ok", "ok", "fail", "panic", "slow"} {
 			h.submit("python", s)
 		}
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "x", OfferID: "unknown"}))
+		require.NoError(t,
+			h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "x", OfferID: "unknown"}))
 		synctest.Wait()
 
 		c := h.r.Stats().Counters
@@ -228,8 +235,9 @@ func TestLazyStartNeedsASlotPerType(t *testing.T) {
 func TestLowerLimitsKeepStandingOffers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness(t, runnerOptions{
-			config:  func(c *n8nrunner.Config) { c.MaxConcurrency = 3 },
-			options: []n8nrunner.Option{n8nrunner.WithLazyStart(func(context.Context) error { select {} })},
+			config: func(c *n8nrunner.Config) { c.MaxConcurrency = 3 },
+			options: []n8nrunner.Option{
+				n8nrunner.WithLazyStart(func(context.Context) error { select {} })},
 		})
 		synctest.Wait()
 		require.Equal(t, 1, h.r.Stats().OpenOffers, "one standing offer")

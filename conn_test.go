@@ -91,11 +91,15 @@ func TestDialFailures(t *testing.T) {
 		want   error
 		text   string
 	}{
-		{"wrong auth token", func(c *n8nrunner.Config) { c.AuthToken = "wrong-secret" }, n8nrunner.ErrAuthRejected, "403"},
-		{"unknown grant token", func(c *n8nrunner.Config) { c.AuthToken, c.GrantToken = "", "unknown-grant-secret" },
+		{"wrong auth token", func(c *n8nrunner.Config) { c.AuthToken = "wrong-secret" },
+			n8nrunner.ErrAuthRejected, "403"},
+		{"unknown grant token",
+			func(c *n8nrunner.Config) { c.AuthToken, c.GrantToken = "", "unknown-grant-secret" },
 			n8nrunner.ErrGrantRejected, "403"},
-		{"not an n8n broker", func(c *n8nrunner.Config) { c.BrokerURI = notBroker.URL }, n8nrunner.ErrNotBroker, "404"},
-		{"nothing listening", func(c *n8nrunner.Config) { c.BrokerURI = refused }, n8nrunner.ErrUnreachable, "connection refused"},
+		{"not an n8n broker", func(c *n8nrunner.Config) { c.BrokerURI = notBroker.URL },
+			n8nrunner.ErrNotBroker, "404"},
+		{"nothing listening", func(c *n8nrunner.Config) { c.BrokerURI = refused },
+			n8nrunner.ErrUnreachable, "connection refused"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -181,7 +185,8 @@ func TestPingsAreAnsweredWhileEverySlotComputes(t *testing.T) {
 
 	ctx := testContext(t)
 	require.NoError(t, b.WaitRegistered(ctx, r.ID()))
-	reqs := []*brokertest.Request{b.Submit("python", 1), b.Submit("python", 2), b.Submit("python", 3)}
+	reqs := []*brokertest.Request{b.Submit("python", 1),
+		b.Submit("python", 2), b.Submit("python", 3)}
 	for _, req := range reqs {
 		out, err := req.Wait(ctx)
 		require.NoError(t, err)

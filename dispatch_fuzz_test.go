@@ -20,7 +20,8 @@ type frameFeed struct {
 
 func (c *frameFeed) Read(ctx context.Context) ([]byte, error) {
 	if offers, tasks := c.r.Counts(); offers+tasks > c.r.cfg.MaxConcurrency {
-		c.t.Errorf("offers %d + tasks %d over the maximum %d", offers, tasks, c.r.cfg.MaxConcurrency)
+		c.t.Errorf("offers %d + tasks %d over the maximum %d",
+			offers, tasks, c.r.cfg.MaxConcurrency)
 	}
 	if len(c.frames) == 0 {
 		return nil, io.EOF
@@ -41,10 +42,12 @@ func FuzzDispatch(f *testing.F) {
 		`{"type":"broker:taskofferaccept","taskId":"t1","offerId":"x"}`,
 		`{"type":"broker:tasksettings","taskId":"t1","settings":{}}` + "\n" +
 			`{"type":"broker:taskcancel","taskId":"t1","reason":"r"}`,
-		`{"type":"broker:drain"}` + "\n" + `{"type":"broker:taskofferaccept","taskId":"t2","offerId":"y"}`,
+		`{"type":"broker:drain"}` + "\n" +
+			`{"type":"broker:taskofferaccept","taskId":"t2","offerId":"y"}`,
 		`{"type":"broker:taskdataresponse","taskId":"t1","requestId":"q","data":{}}`,
 		`{"type":"broker:rpcresponse","callId":"c","taskId":"t1","status":"error","data":"x"}`,
-		`not json` + "\n" + `{"type":"broker:inforequest"}` + "\n" + `{"type":"broker:runnerregistered"}`,
+		`not json` + "\n" + `{"type":"broker:inforequest"}` + "\n" +
+			`{"type":"broker:runnerregistered"}`,
 		`{"type":"broker:nodetypes","taskId":"t","requestId":"r","nodeTypes":[]}`,
 	}
 	for _, s := range seeds {
@@ -57,7 +60,8 @@ func FuzzDispatch(f *testing.F) {
 			[]byte(`{"type":"broker:inforequest"}`), []byte(`{"type":"broker:runnerregistered"}`),
 		}}
 		feed.frames = append(feed.frames, bytes.Split(input, []byte("\n"))...)
-		r, err := New(cfg, WithoutReconnect(), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
+		r, err := New(cfg, WithoutReconnect(),
+			WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 			WithDialer(DialFunc(func(context.Context, string) (Conn, error) { return feed, nil })))
 		if err != nil {
 			t.Fatal(err)

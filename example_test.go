@@ -31,7 +31,8 @@ func Example() {
 		}
 		out := []map[string]any{}
 		for _, it := range s.Items {
-			out = append(out, map[string]any{"json": map[string]string{"shout": strings.ToUpper(it.JSON["say"])}})
+			out = append(out,
+				map[string]any{"json": map[string]string{"shout": strings.ToUpper(it.JSON["say"])}})
 		}
 		return n8nrunner.Result{Value: out}, nil
 	})
@@ -40,7 +41,8 @@ func Example() {
 	done := make(chan error)
 	go func() { done <- r.Run(ctx) }()
 
-	settings := map[string]any{"items": []map[string]any{{"json": map[string]string{"say": "hello"}}}}
+	settings := map[string]any{"items": []map[string]any{
+		{"json": map[string]string{"say": "hello"}}}}
 	out, err := b.Submit("python", settings).Wait(context.Background())
 	if err != nil {
 		panic(err)
@@ -60,7 +62,8 @@ func ExampleTaskError() {
 	defer b.Close()
 	r, _ := n8nrunner.New(n8nrunner.DefaultConfig(), n8nrunner.WithDialer(b.Dialer()))
 	r.HandleFunc("python", func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
-		return n8nrunner.Result{}, &n8nrunner.TaskError{Message: "no items", Description: "send at least one"}
+		return n8nrunner.Result{},
+			&n8nrunner.TaskError{Message: "no items", Description: "send at least one"}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

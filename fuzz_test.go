@@ -32,7 +32,8 @@ func FuzzDecode(f *testing.F) {
 
 		enc, err := Encode(m)
 		require.NoError(t, err)
-		require.True(t, bytes.HasPrefix(enc, []byte(`{"type":"`+m.MessageType()+`"`)), "encoded %s", enc)
+		require.True(t,
+			bytes.HasPrefix(enc, []byte(`{"type":"`+m.MessageType()+`"`)), "encoded %s", enc)
 
 		again, err := Decode(enc)
 		require.NoError(t, err, "decoding encoded %s", enc)

@@ -33,7 +33,9 @@ func TestHealthAndReadiness(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New()
 	defer b.Close()
-	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("m 1")) })
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("m 1"))
+	})
 	r, err := n8nrunner.New(n8nrunner.DefaultConfig(), n8nrunner.WithDialer(b.Dialer()),
 		n8nrunner.WithHealthRoute("/metrics", metrics))
 	require.NoError(t, err)
@@ -66,7 +68,8 @@ func TestHealthAndReadiness(t *testing.T) {
 	assert.Equal(t, "serving", doc.Stats.State)
 
 	b.Drain()
-	require.Eventually(t, func() bool { _, b := get(t, h, "/readyz"); return b == "not ready: draining" },
+	require.Eventually(t,
+		func() bool { _, b := get(t, h, "/readyz"); return b == "not ready: draining" },
 		5*time.Second, 10*time.Millisecond)
 	code, _ = get(t, h, "/healthz")
 	assert.Equal(t, 200, code, "alive while draining")

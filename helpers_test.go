@@ -37,14 +37,16 @@ type runnerOptions struct {
 // registered. Cleanup stops both.
 func newHarness(t *testing.T, o runnerOptions) *harness {
 	t.Helper()
-	h := &harness{t: t, b: brokertest.New(o.broker...), logs: &syncBuffer{}, done: make(chan error, 1)}
+	h := &harness{t: t, b: brokertest.New(o.broker...), logs: &syncBuffer{},
+		done: make(chan error, 1)}
 	cfg := n8nrunner.DefaultConfig()
 	cfg.MaxConcurrency = 2
 	if o.config != nil {
 		o.config(&cfg)
 	}
 	log := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	opts := append([]n8nrunner.Option{n8nrunner.WithDialer(h.b.Dialer()), n8nrunner.WithLogger(log)}, o.options...)
+	opts := append([]n8nrunner.Option{n8nrunner.WithDialer(h.b.Dialer()),
+		n8nrunner.WithLogger(log)}, o.options...)
 	r, err := n8nrunner.New(cfg, opts...)
 	require.NoError(t, err)
 	if o.handlers == nil {
@@ -85,7 +87,8 @@ func (h *harness) wait() error {
 }
 
 // submit submits a task and waits for its outcome.
-func (h *harness) submit(taskType string, settings any, opts ...brokertest.SubmitOption) brokertest.Outcome {
+func (h *harness) submit(taskType string, settings any,
+	opts ...brokertest.SubmitOption) brokertest.Outcome {
 	h.t.Helper()
 	out, err := h.b.Submit(taskType, settings, opts...).Wait(context.Background())
 	require.NoError(h.t, err)

@@ -250,7 +250,8 @@ func TestDecodeRecordedSingleFrames(t *testing.T) {
 		{
 			file: "broker-taskcancel-ack-window.json",
 			want: func(map[string]json.RawMessage) Message {
-				return BrokerTaskCancel{TaskID: "I5oDOUTO", Reason: "Acknowledgement window elapsed"}
+				return BrokerTaskCancel{TaskID: "I5oDOUTO",
+					Reason: "Acknowledgement window elapsed"}
 			},
 		},
 		{
@@ -262,7 +263,8 @@ func TestDecodeRecordedSingleFrames(t *testing.T) {
 		{
 			file: "broker-taskdataresponse-javascript.json",
 			want: func(rec map[string]json.RawMessage) Message {
-				return BrokerTaskDataResponse{TaskID: "2xqr18kk", RequestID: "7e6b4a069418", Data: rec["data"]}
+				return BrokerTaskDataResponse{TaskID: "2xqr18kk",
+					RequestID: "7e6b4a069418", Data: rec["data"]}
 			},
 			raw: []string{"data"},
 		},
@@ -314,7 +316,8 @@ func TestDecodeRecordedSingleFrames(t *testing.T) {
 			want: func(map[string]json.RawMessage) Message {
 				return RunnerRPC{
 					CallID: "4ddf28a5f546", TaskID: "lF89O5qW", Name: "helpers.httpRequest",
-					Params: []json.RawMessage{json.RawMessage(`{"json":true,"url":"http://127.0.0.1:5678/healthz"}`)},
+					Params: []json.RawMessage{
+						json.RawMessage(`{"json":true,"url":"http://127.0.0.1:5678/healthz"}`)},
 				}
 			},
 		},
@@ -333,7 +336,8 @@ func TestDecodeRecordedSingleFrames(t *testing.T) {
 		{
 			file: "runner-taskdone-python.json",
 			want: func(rec map[string]json.RawMessage) Message {
-				return RunnerTaskDone{TaskID: "haE8DQAL", Data: TaskDoneData{Result: objectField(rec["data"], "result")}}
+				return RunnerTaskDone{TaskID: "haE8DQAL",
+					Data: TaskDoneData{Result: objectField(rec["data"], "result")}}
 			},
 		},
 		{
@@ -417,7 +421,8 @@ func TestDecodeRecordedConnections(t *testing.T) {
 					assert.Fail(t, "unclassified line", "line %d has dir %q", i+1, l.Dir)
 				}
 			}
-			assert.Equal(t, len(lines), recv+send+events, "every line is a recv, send or event line")
+			assert.Equal(t, len(lines), recv+send+events,
+				"every line is a recv, send or event line")
 			assert.Positive(t, recv, "broker frames")
 			assert.Positive(t, send, "runner frames")
 		})
@@ -511,7 +516,8 @@ func TestEncodeMatchesRecordedRunnerFrames(t *testing.T) {
 			msg: RunnerTaskDataRequest{
 				TaskID: "2xqr18kk", RequestID: "7e6b4a069418",
 				RequestParams: DataRequestParams{
-					DataOfNodes: json.RawMessage(`"all"`), PrevNode: true, Input: DataRequestInput{Include: true},
+					DataOfNodes: json.RawMessage(`"all"`), PrevNode: true,
+					Input: DataRequestInput{Include: true},
 				},
 			},
 		},
@@ -528,7 +534,8 @@ func TestEncodeMatchesRecordedRunnerFrames(t *testing.T) {
 			file: "runner-rpc.json",
 			msg: RunnerRPC{
 				CallID: "4ddf28a5f546", TaskID: "lF89O5qW", Name: "helpers.httpRequest",
-				Params: []json.RawMessage{json.RawMessage(`{"json": true, "url": "http://127.0.0.1:5678/healthz"}`)},
+				Params: []json.RawMessage{
+					json.RawMessage(`{"json": true, "url": "http://127.0.0.1:5678/healthz"}`)},
 			},
 		},
 	}
@@ -579,18 +586,21 @@ var roundTripMessages = []Message{
 	BrokerRunnerRegistered{},
 	BrokerTaskOfferAccept{TaskID: "haE8DQAL", OfferID: "cc1eed4a59312b22"},
 	BrokerTaskSettings{
-		TaskID: "haE8DQAL", Settings: json.RawMessage(`{"code": "return []", "items": [1, 2.5, "<&>"]}`),
+		TaskID:   "haE8DQAL",
+		Settings: json.RawMessage(`{"code": "return []", "items": [1, 2.5, "<&>"]}`),
 	},
 	BrokerTaskCancel{TaskID: "mTKeejfN", Reason: "Task execution timed out"},
 	BrokerTaskDataResponse{
-		TaskID: "2xqr18kk", RequestID: "7e6b4a069418", Data: json.RawMessage(`{"inputData": {"main": [[]]}}`),
+		TaskID: "2xqr18kk", RequestID: "7e6b4a069418",
+		Data: json.RawMessage(`{"inputData": {"main": [[]]}}`),
 	},
 	BrokerNodeTypes{
 		TaskID: "gmW9fd2m", RequestID: "832bd8fe5496",
 		NodeTypes: json.RawMessage(`[{"name": "n8n-nodes-base.code", "version": [1, 2]}]`),
 	},
 	BrokerRPCResponse{
-		CallID: "4ddf28a5f546", TaskID: "lF89O5qW", Status: RPCStatusError, Data: json.RawMessage(`"Method not allowed"`),
+		CallID: "4ddf28a5f546", TaskID: "lF89O5qW", Status: RPCStatusError,
+		Data: json.RawMessage(`"Method not allowed"`),
 	},
 	BrokerDrain{},
 	RunnerInfo{Name: "JS Task Runner", Types: []string{"javascript", "python"}},
@@ -603,17 +613,24 @@ var roundTripMessages = []Message{
 		CustomData: json.RawMessage(`{"k": "v"}`),
 		StaticData: json.RawMessage(`{"global": {"n": 1}}`),
 	}},
-	RunnerTaskError{TaskID: "TorGwszX", Error: json.RawMessage(`{"message": "failed", "description": "why"}`)},
-	RunnerTaskDataRequest{TaskID: "2xqr18kk", RequestID: "7e6b4a069418", RequestParams: DataRequestParams{
-		DataOfNodes: json.RawMessage(`["Webhook", "Code"]`), PrevNode: true,
-		Input: DataRequestInput{Include: true, Chunk: &DataChunk{StartIndex: 1000, Count: 1000}}, Env: true,
-	}},
-	RunnerNodeTypesRequest{TaskID: "gmW9fd2m", RequestID: "832bd8fe5496", RequestParams: []NodeTypeID{
-		{Name: "n8n-nodes-base.code", Version: 2}, {Name: "n8n-nodes-base.set", Version: 3.4},
-	}},
-	RunnerRPC{CallID: "4ddf28a5f546", TaskID: "lF89O5qW", Name: "logNodeOutput", Params: []json.RawMessage{
-		json.RawMessage(`"hello"`), json.RawMessage(`{"type": "Buffer", "data": [1, 2]}`), json.RawMessage(`null`),
-	}},
+	RunnerTaskError{TaskID: "TorGwszX",
+		Error: json.RawMessage(`{"message": "failed", "description": "why"}`)},
+	RunnerTaskDataRequest{TaskID: "2xqr18kk", RequestID: "7e6b4a069418",
+		RequestParams: DataRequestParams{
+			DataOfNodes: json.RawMessage(`["Webhook", "Code"]`), PrevNode: true,
+			Input: DataRequestInput{Include: true,
+				Chunk: &DataChunk{StartIndex: 1000, Count: 1000}},
+			Env: true,
+		}},
+	RunnerNodeTypesRequest{TaskID: "gmW9fd2m", RequestID: "832bd8fe5496",
+		RequestParams: []NodeTypeID{
+			{Name: "n8n-nodes-base.code", Version: 2}, {Name: "n8n-nodes-base.set", Version: 3.4},
+		}},
+	RunnerRPC{CallID: "4ddf28a5f546", TaskID: "lF89O5qW", Name: "logNodeOutput",
+		Params: []json.RawMessage{
+			json.RawMessage(`"hello"`), json.RawMessage(`{"type": "Buffer", "data": [1, 2]}`),
+			json.RawMessage(`null`),
+		}},
 }
 
 func TestEncodeDecodeRoundTrip(t *testing.T) {
@@ -657,9 +674,11 @@ func TestEncodeLeavesOutOptionalFields(t *testing.T) {
 			TaskID: "t", Data: TaskDoneData{Result: json.RawMessage(`[]`)},
 		}, []string{"customData", "staticData"}},
 		{"datarequest without chunk", RunnerTaskDataRequest{
-			TaskID: "t", RequestID: "r", RequestParams: DataRequestParams{DataOfNodes: json.RawMessage(`"all"`)},
+			TaskID: "t", RequestID: "r",
+			RequestParams: DataRequestParams{DataOfNodes: json.RawMessage(`"all"`)},
 		}, []string{"chunk"}},
-		{"rpcresponse without data", BrokerRPCResponse{CallID: "c", Status: RPCStatusSuccess}, []string{"data"}},
+		{"rpcresponse without data",
+			BrokerRPCResponse{CallID: "c", Status: RPCStatusSuccess}, []string{"data"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -688,8 +707,10 @@ var malformedFrames = []struct {
 	{name: "empty input", frame: ``, problem: "JSON"},
 	{name: "invalid JSON", problem: "invalid JSON",
 		frame: `{"type":"broker:tasksettings","taskId":"t","settings":{"code":"SECRET-123"`},
-	{name: "trailing garbage", frame: `{"type":"broker:drain"} SECRET-123`, problem: "invalid JSON"},
-	{name: "single quotes", frame: `{'type':'broker:drain','taskId':'SECRET-123'}`, problem: "invalid JSON"},
+	{name: "trailing garbage", frame: `{"type":"broker:drain"} SECRET-123`,
+		problem: "invalid JSON"},
+	{name: "single quotes", frame: `{'type':'broker:drain','taskId':'SECRET-123'}`,
+		problem: "invalid JSON"},
 	{name: "null", frame: `null`, problem: `missing field "type"`},
 	{name: "array", frame: `["SECRET-123"]`, problem: "array"},
 	{name: "empty array", frame: `[]`, problem: "array"},
@@ -698,51 +719,71 @@ var malformedFrames = []struct {
 	{name: "number", frame: `1`, problem: "number"},
 	{name: "boolean", frame: `true`, problem: "bool"},
 	{name: "empty object", frame: `{}`, problem: `missing field "type"`},
-	{name: "missing type", frame: `{"taskId":"SECRET-123","settings":{}}`, problem: `missing field "type"`},
-	{name: "empty type", frame: `{"type":"","taskId":"SECRET-123"}`, problem: `missing field "type"`},
-	{name: "null type", frame: `{"type":null,"taskId":"SECRET-123"}`, problem: `missing field "type"`},
+	{name: "missing type", frame: `{"taskId":"SECRET-123","settings":{}}`,
+		problem: `missing field "type"`},
+	{name: "empty type", frame: `{"type":"","taskId":"SECRET-123"}`,
+		problem: `missing field "type"`},
+	{name: "null type", frame: `{"type":null,"taskId":"SECRET-123"}`,
+		problem: `missing field "type"`},
 	{name: "number type", frame: `{"type":1,"taskId":"SECRET-123"}`, problem: `"type"`},
 	{name: "object type", frame: `{"type":{"SECRET-123":1}}`, problem: `"type"`},
-	{name: "array type", frame: `{"type":["broker:drain"],"reason":"SECRET-123"}`, problem: `"type"`},
+	{name: "array type", frame: `{"type":["broker:drain"],"reason":"SECRET-123"}`,
+		problem: `"type"`},
 
-	{name: "taskofferaccept without taskId", typ: TypeBrokerTaskOfferAccept, problem: `missing field "taskId"`,
+	{name: "taskofferaccept without taskId",
+		typ: TypeBrokerTaskOfferAccept, problem: `missing field "taskId"`,
 		frame: `{"type":"broker:taskofferaccept","offerId":"SECRET-123"}`},
-	{name: "taskofferaccept without offerId", typ: TypeBrokerTaskOfferAccept, problem: `missing field "offerId"`,
+	{name: "taskofferaccept without offerId",
+		typ: TypeBrokerTaskOfferAccept, problem: `missing field "offerId"`,
 		frame: `{"type":"broker:taskofferaccept","taskId":"SECRET-123"}`},
-	{name: "tasksettings without taskId", typ: TypeBrokerTaskSettings, problem: `missing field "taskId"`,
+	{name: "tasksettings without taskId",
+		typ: TypeBrokerTaskSettings, problem: `missing field "taskId"`,
 		frame: `{"type":"broker:tasksettings","settings":{"code":"SECRET-123"}}`},
-	{name: "tasksettings without settings", typ: TypeBrokerTaskSettings, problem: `missing field "settings"`,
+	{name: "tasksettings without settings",
+		typ: TypeBrokerTaskSettings, problem: `missing field "settings"`,
 		frame: `{"type":"broker:tasksettings","taskId":"SECRET-123"}`},
-	{name: "taskcancel without taskId", typ: TypeBrokerTaskCancel, problem: `missing field "taskId"`,
+	{name: "taskcancel without taskId",
+		typ: TypeBrokerTaskCancel, problem: `missing field "taskId"`,
 		frame: `{"type":"broker:taskcancel","reason":"SECRET-123"}`},
-	{name: "taskdataresponse without taskId", typ: TypeBrokerTaskDataResponse, problem: `missing field "taskId"`,
+	{name: "taskdataresponse without taskId",
+		typ: TypeBrokerTaskDataResponse, problem: `missing field "taskId"`,
 		frame: `{"type":"broker:taskdataresponse","requestId":"r","data":{"env":"SECRET-123"}}`},
-	{name: "taskdataresponse without requestId", typ: TypeBrokerTaskDataResponse, problem: `missing field "requestId"`,
+	{name: "taskdataresponse without requestId",
+		typ: TypeBrokerTaskDataResponse, problem: `missing field "requestId"`,
 		frame: `{"type":"broker:taskdataresponse","taskId":"t","data":{"env":"SECRET-123"}}`},
 	{name: "nodetypes without taskId", typ: TypeBrokerNodeTypes, problem: `missing field "taskId"`,
 		frame: `{"type":"broker:nodetypes","requestId":"r","nodeTypes":["SECRET-123"]}`},
-	{name: "nodetypes without requestId", typ: TypeBrokerNodeTypes, problem: `missing field "requestId"`,
+	{name: "nodetypes without requestId",
+		typ: TypeBrokerNodeTypes, problem: `missing field "requestId"`,
 		frame: `{"type":"broker:nodetypes","taskId":"t","nodeTypes":["SECRET-123"]}`},
-	{name: "rpcresponse without callId", typ: TypeBrokerRPCResponse, problem: `missing field "callId"`,
+	{name: "rpcresponse without callId",
+		typ: TypeBrokerRPCResponse, problem: `missing field "callId"`,
 		frame: `{"type":"broker:rpcresponse","taskId":"t","status":"success","data":"SECRET-123"}`},
-	{name: "rpcresponse without status", typ: TypeBrokerRPCResponse, problem: `missing field "status"`,
+	{name: "rpcresponse without status",
+		typ: TypeBrokerRPCResponse, problem: `missing field "status"`,
 		frame: `{"type":"broker:rpcresponse","callId":"c","taskId":"t","data":"SECRET-123"}`},
 	{name: "rpcresponse with bad status", typ: TypeBrokerRPCResponse, problem: `"status"`,
 		frame: `{"type":"broker:rpcresponse","callId":"c","taskId":"t","status":"SECRET-123"}`},
 	{name: "rpcresponse with status in capitals", typ: TypeBrokerRPCResponse, problem: `"status"`,
 		frame: `{"type":"broker:rpcresponse","callId":"c","status":"SUCCESS","data":"SECRET-123"}`},
 
-	{name: "taskoffer without offerId", typ: TypeRunnerTaskOffer, problem: `missing field "offerId"`,
+	{name: "taskoffer without offerId",
+		typ: TypeRunnerTaskOffer, problem: `missing field "offerId"`,
 		frame: `{"type":"runner:taskoffer","taskType":"SECRET-123","validFor":5000}`},
-	{name: "taskoffer without taskType", typ: TypeRunnerTaskOffer, problem: `missing field "taskType"`,
+	{name: "taskoffer without taskType",
+		typ: TypeRunnerTaskOffer, problem: `missing field "taskType"`,
 		frame: `{"type":"runner:taskoffer","offerId":"SECRET-123","validFor":5000}`},
-	{name: "taskoffer without validFor", typ: TypeRunnerTaskOffer, problem: `missing field "validFor"`,
+	{name: "taskoffer without validFor",
+		typ: TypeRunnerTaskOffer, problem: `missing field "validFor"`,
 		frame: `{"type":"runner:taskoffer","offerId":"SECRET-123","taskType":"python"}`},
-	{name: "taskaccepted without taskId", typ: TypeRunnerTaskAccepted, problem: `missing field "taskId"`,
+	{name: "taskaccepted without taskId",
+		typ: TypeRunnerTaskAccepted, problem: `missing field "taskId"`,
 		frame: `{"type":"runner:taskaccepted","reason":"SECRET-123"}`},
-	{name: "taskrejected without taskId", typ: TypeRunnerTaskRejected, problem: `missing field "taskId"`,
+	{name: "taskrejected without taskId",
+		typ: TypeRunnerTaskRejected, problem: `missing field "taskId"`,
 		frame: `{"type":"runner:taskrejected","reason":"SECRET-123"}`},
-	{name: "taskdeferred without taskId", typ: TypeRunnerTaskDeferred, problem: `missing field "taskId"`,
+	{name: "taskdeferred without taskId",
+		typ: TypeRunnerTaskDeferred, problem: `missing field "taskId"`,
 		frame: `{"type":"runner:taskdeferred","reason":"SECRET-123"}`},
 	{name: "taskdone without taskId", typ: TypeRunnerTaskDone, problem: `missing field "taskId"`,
 		frame: `{"type":"runner:taskdone","data":{"result":["SECRET-123"]}}`},
@@ -752,11 +793,14 @@ var malformedFrames = []struct {
 		frame: `{"type":"runner:taskerror","error":{"message":"SECRET-123"}}`},
 	{name: "taskerror without error", typ: TypeRunnerTaskError, problem: `missing field "error"`,
 		frame: `{"type":"runner:taskerror","taskId":"SECRET-123"}`},
-	{name: "taskdatarequest without requestId", typ: TypeRunnerTaskDataRequest, problem: `missing field "requestId"`,
+	{name: "taskdatarequest without requestId",
+		typ: TypeRunnerTaskDataRequest, problem: `missing field "requestId"`,
 		frame: `{"type":"runner:taskdatarequest","taskId":"SECRET-123","requestParams":{}}`},
-	{name: "taskdatarequest without requestParams", typ: TypeRunnerTaskDataRequest, problem: `missing field "requestParams"`,
+	{name: "taskdatarequest without requestParams",
+		typ: TypeRunnerTaskDataRequest, problem: `missing field "requestParams"`,
 		frame: `{"type":"runner:taskdatarequest","taskId":"t","requestId":"SECRET-123"}`},
-	{name: "nodetypesrequest without requestParams", typ: TypeRunnerNodeTypesRequest, problem: `missing field "requestParams"`,
+	{name: "nodetypesrequest without requestParams",
+		typ: TypeRunnerNodeTypesRequest, problem: `missing field "requestParams"`,
 		frame: `{"type":"runner:nodetypesrequest","taskId":"t","requestId":"SECRET-123"}`},
 	{name: "rpc without callId", typ: TypeRunnerRPC, problem: `missing field "callId"`,
 		frame: `{"type":"runner:rpc","taskId":"t","name":"logNodeOutput","params":["SECRET-123"]}`},
@@ -779,7 +823,8 @@ var malformedFrames = []struct {
 		frame: `{"type":"runner:taskoffer","offerId":"o","taskType":"python","validFor":"SECRET-123"}`},
 	{name: "fractional validFor", problem: `"validFor"`,
 		frame: `{"type":"runner:taskoffer","offerId":"SECRET-123","taskType":"python","validFor":5000.5}`},
-	{name: "string types", frame: `{"type":"runner:info","name":"n","types":"SECRET-123"}`, problem: `"types"`},
+	{name: "string types", frame: `{"type":"runner:info","name":"n","types":"SECRET-123"}`,
+		problem: `"types"`},
 	{name: "object params", problem: `"params"`,
 		frame: `{"type":"runner:rpc","callId":"c","taskId":"t","name":"n","params":{"k":"SECRET-123"}}`},
 	{name: "string taskdone data", typ: TypeRunnerTaskDone, problem: `"data"`,
@@ -863,17 +908,22 @@ func TestDecodeUnknownType(t *testing.T) {
 		// the error text unchanged.
 		short bool
 	}{
-		{name: "future broker type", frame: `{"type":"broker:future","taskId":"SECRET-123"}`, short: true},
-		{name: "future runner type", frame: `{"type":"runner:future","data":{"k":"SECRET-123"}}`, short: true},
-		{name: "requester type", frame: `{"type":"requester:taskrequest","requestId":"SECRET-123"}`, short: true},
+		{name: "future broker type", frame: `{"type":"broker:future","taskId":"SECRET-123"}`,
+			short: true},
+		{name: "future runner type", frame: `{"type":"runner:future","data":{"k":"SECRET-123"}}`,
+			short: true},
+		{name: "requester type", frame: `{"type":"requester:taskrequest","requestId":"SECRET-123"}`,
+			short: true},
 		{name: "known type in capitals", frame: `{"type":"BROKER:DRAIN"}`, short: true},
 		{name: "known type with space", frame: `{"type":"broker:drain "}`, short: true},
 		{name: "long type", frame: `{"type":"` + strings.Repeat("a", 10000) + `"}`},
-		{name: "long type of multibyte runes", frame: `{"type":"` + strings.Repeat("é", 5000) + `"}`},
+		{name: "long type of multibyte runes",
+			frame: `{"type":"` + strings.Repeat("é", 5000) + `"}`},
 		{name: "long type of a secret", frame: `{"type":"` + strings.Repeat(secret, 100) + `"}`},
 		{name: "non-UTF-8 type", frame: "{\"type\":\"\xff\xfe\xfd\"}", short: true},
 		{name: "long non-UTF-8 type", frame: "{\"type\":\"" + strings.Repeat("\xff", 1000) + "\"}"},
-		{name: "escaped lone surrogates", frame: `{"type":"` + strings.Repeat(`\ud800`, 200) + `"}`},
+		{name: "escaped lone surrogates",
+			frame: `{"type":"` + strings.Repeat(`\ud800`, 200) + `"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -892,7 +942,8 @@ func TestDecodeUnknownType(t *testing.T) {
 			assert.True(t, utf8.ValidString(text), "error text %q is not UTF-8", text)
 			assert.True(t, utf8.ValidString(fe.Type), "type %q is not UTF-8", fe.Type)
 			assert.LessOrEqual(t, utf8.RuneCountInString(fe.Type), maxTypeRunes, "type %q", fe.Type)
-			assert.LessOrEqual(t, utf8.RuneCountInString(text), fixedRunes+maxTypeRunes, "error text %q", text)
+			assert.LessOrEqual(t, utf8.RuneCountInString(text),
+				fixedRunes+maxTypeRunes, "error text %q", text)
 			typ := frameType(t, []byte(tt.frame))
 			if tt.short {
 				assert.Equal(t, typ, fe.Type)

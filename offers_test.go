@@ -194,11 +194,13 @@ func TestOfferPoolTakeKeepsHeapOrdered(t *testing.T) {
 		gone := 0
 		for id, o := range before {
 			if _, ok := p.byID[id]; ok {
-				require.True(t, now.Before(o.expires), "offer %s expiring at %s kept at %s", id, o.expires, now)
+				require.True(t, now.Before(o.expires), "offer %s expiring at %s kept at %s",
+					id, o.expires, now)
 				continue
 			}
 			gone++
-			require.False(t, now.Before(o.expires), "offer %s expiring at %s pruned at %s", id, o.expires, now)
+			require.False(t, now.Before(o.expires), "offer %s expiring at %s pruned at %s",
+				id, o.expires, now)
 			require.False(t, o.expires.Before(last), "offer %s left out of expiry order", id)
 		}
 		require.Equal(t, gone, removed, "prune at %d ms returned a wrong count", ms)
@@ -316,7 +318,8 @@ func TestOfferPoolClear(t *testing.T) {
 			p := newOfferPool()
 			old := make([]*offer, tt.n)
 			for i := range tt.n {
-				old[i] = newTestOffer(fmt.Sprintf("old%d", i), []string{"python", "javascript"}[i%2], i)
+				old[i] = newTestOffer(fmt.Sprintf("old%d", i),
+					[]string{"python", "javascript"}[i%2], i)
 				p.add(old[i])
 			}
 
@@ -376,7 +379,8 @@ func TestOfferPoolMatchesModel(t *testing.T) {
 			for step := range 5000 {
 				switch op := rng.IntN(10); {
 				case op < 5: // add, expiring soon so prunes have work
-					o := newTestOffer(fmt.Sprintf("id%d", next), types[rng.IntN(len(types))], now+rng.IntN(50))
+					o := newTestOffer(fmt.Sprintf("id%d", next),
+						types[rng.IntN(len(types))], now+rng.IntN(50))
 					next++
 					p.add(o)
 					model = append(model, modelOffer{o.id, o.taskType, o.expires})
@@ -402,7 +406,8 @@ func TestOfferPoolMatchesModel(t *testing.T) {
 					now += rng.IntN(20)
 					at := offerAtMS(now)
 					before := len(model)
-					model = slices.DeleteFunc(model, func(m modelOffer) bool { return !at.Before(m.expires) })
+					model = slices.DeleteFunc(model,
+						func(m modelOffer) bool { return !at.Before(m.expires) })
 					require.Equal(t, before-len(model), p.prune(at), "step %d: prune count", step)
 				}
 

@@ -28,7 +28,8 @@ func waitRegistrations(t *testing.T, h *harness, n int) {
 	t.Helper()
 	seq := 0
 	for range n {
-		f, err := h.b.WaitFrame(context.Background(), seq, brokertest.ToRunner(n8nrunner.TypeBrokerRunnerRegistered))
+		f, err := h.b.WaitFrame(context.Background(), seq,
+			brokertest.ToRunner(n8nrunner.TypeBrokerRunnerRegistered))
 		require.NoError(t, err)
 		seq = f.Seq
 	}
@@ -40,15 +41,16 @@ func TestReconnectAfterLostConnection(t *testing.T) {
 		results := make(chan struct{})
 		h := newHarness(t, runnerOptions{
 			options: []n8nrunner.Option{n8nrunner.WithReconnect(fastBackoff)},
-			handlers: map[string]n8nrunner.HandlerFunc{"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
-				if string(t.Settings) == `"quick"` {
-					return n8nrunner.Result{Value: "ok"}, nil
-				}
-				<-ctx.Done()
-				causes <- context.Cause(ctx)
-				<-results // return a result only after the new connection is up
-				return n8nrunner.Result{Value: "stale"}, nil
-			}},
+			handlers: map[string]n8nrunner.HandlerFunc{
+				"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+					if string(t.Settings) == `"quick"` {
+						return n8nrunner.Result{Value: "ok"}, nil
+					}
+					<-ctx.Done()
+					causes <- context.Cause(ctx)
+					<-results // return a result only after the new connection is up
+					return n8nrunner.Result{Value: "stale"}, nil
+				}},
 		})
 		req := h.b.Submit("python", "slow")
 		taskID, err := req.WaitAccepted(context.Background())
@@ -132,7 +134,8 @@ func TestReconnectAfterFailedDials(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := brokertest.New()
 		defer b.Close()
-		d := &flakyDialer{failures: 3, err: &n8nrunner.StatusError{Op: "upgrade", StatusCode: 503}, next: b.Dialer()}
+		d := &flakyDialer{failures: 3,
+			err: &n8nrunner.StatusError{Op: "upgrade", StatusCode: 503}, next: b.Dialer()}
 		r := newFlakyRunner(t, d, n8nrunner.WithReconnect(fastBackoff))
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error)
@@ -212,7 +215,8 @@ func TestBrokenRegistrationIsRetried(t *testing.T) {
 		after  time.Duration
 	}{
 		{"silent after upgrade", nil, 10 * time.Second},
-		{"inforequest but never registered", []string{`{"type":"broker:inforequest"}`}, 10 * time.Second},
+		{"inforequest but never registered",
+			[]string{`{"type":"broker:inforequest"}`}, 10 * time.Second},
 		{"garbage after upgrade", []string{`HTTP/1.1 200 OK`}, 0},
 	}
 	for _, tt := range tests {
@@ -230,7 +234,8 @@ func TestBrokenRegistrationIsRetried(t *testing.T) {
 					}
 					return newScriptedConn(tt.frames...), nil
 				})
-				r := newFlakyRunner(t, d, n8nrunner.WithReconnect(n8nrunner.Backoff{Base: time.Nanosecond, Max: time.Nanosecond}))
+				r := newFlakyRunner(t, d, n8nrunner.WithReconnect(
+					n8nrunner.Backoff{Base: time.Nanosecond, Max: time.Nanosecond}))
 				assert.NoError(t, r.Run(ctx))
 				require.GreaterOrEqual(t, dials.Load(), int32(3))
 				gap := stamps[1].Sub(stamps[0])
@@ -256,7 +261,8 @@ func TestSilentBrokerIsTakenForDead(t *testing.T) {
 
 func TestDrainWaitKeepsServingUntilDrain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{options: []n8nrunner.Option{n8nrunner.WithDrainWait(true)}})
+		h := newHarness(t,
+			runnerOptions{options: []n8nrunner.Option{n8nrunner.WithDrainWait(true)}})
 		h.cancel()
 		time.Sleep(3 * time.Second)
 		out := h.submit("python", "still serving")

@@ -46,13 +46,15 @@ func TestRegistrationDeclaresTypesBeforeAnyOffer(t *testing.T) {
 		for _, f := range frames[3:] {
 			perType[f.Message.(n8nrunner.RunnerTaskOffer).TaskType]++
 		}
-		assert.Equal(t, map[string]int{"javascript": 1, "python": 1}, perType, "offers spread over types")
+		assert.Equal(t, map[string]int{"javascript": 1, "python": 1}, perType,
+			"offers spread over types")
 	})
 }
 
 func TestIdleRunnerKeepsExactlyCapacityOffers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 5 }})
+		h := newHarness(t,
+			runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 5 }})
 		synctest.Wait()
 		assert.Equal(t, 5, h.count(n8nrunner.TypeRunnerTaskOffer), "first burst")
 
@@ -66,7 +68,8 @@ func TestIdleRunnerKeepsExactlyCapacityOffers(t *testing.T) {
 		// replaced exactly once.
 		time.Sleep(500*time.Millisecond + 250*time.Millisecond)
 		synctest.Wait()
-		assert.Equal(t, 10, h.count(n8nrunner.TypeRunnerTaskOffer), "one replacement per expired offer")
+		assert.Equal(t, 10, h.count(n8nrunner.TypeRunnerTaskOffer),
+			"one replacement per expired offer")
 
 		offers, tasks := h.r.Counts()
 		assert.Equal(t, 5, offers)
@@ -76,7 +79,8 @@ func TestIdleRunnerKeepsExactlyCapacityOffers(t *testing.T) {
 
 func TestOfferValidityIsJitteredWithinBounds(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 20 }})
+		h := newHarness(t,
+			runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 20 }})
 		synctest.Wait()
 
 		seen := map[int64]bool{}
@@ -94,7 +98,8 @@ func TestOfferValidityIsJitteredWithinBounds(t *testing.T) {
 
 func TestFreedSlotIsOfferedAgainBeforeTheNextTick(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 1 }})
+		h := newHarness(t,
+			runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 1 }})
 		synctest.Wait()
 
 		out := h.submit("python", map[string]any{"n": 1})
@@ -103,7 +108,8 @@ func TestFreedSlotIsOfferedAgainBeforeTheNextTick(t *testing.T) {
 		next := h.waitFrame(0, func(f brokertest.Frame) bool {
 			return f.Type == n8nrunner.TypeRunnerTaskOffer && f.Seq > 4 // past the first offer
 		})
-		assert.Less(t, next.Time.Sub(done.Time), time.Millisecond, "replacement offer follows at once")
+		assert.Less(t, next.Time.Sub(done.Time), time.Millisecond,
+			"replacement offer follows at once")
 		assert.Zero(t, next.Time.Sub(done.Time)%(250*time.Millisecond)+next.Time.Sub(done.Time),
 			"sent in the same instant, not on a tick")
 	})
@@ -125,22 +131,26 @@ func TestAcceptRejections(t *testing.T) {
 		release := make(chan struct{})
 		h := newHarness(t, runnerOptions{
 			config: func(c *n8nrunner.Config) { c.MaxConcurrency = 1 },
-			handlers: map[string]n8nrunner.HandlerFunc{"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
-				<-release
-				return n8nrunner.Result{}, nil
-			}},
+			handlers: map[string]n8nrunner.HandlerFunc{
+				"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+					<-release
+					return n8nrunner.Result{}, nil
+				}},
 		})
 		synctest.Wait()
 
 		// An offer id the runner never sent.
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "t-unknown", OfferID: "nope"}))
+		require.NoError(t, h.b.Send(h.r.ID(),
+			n8nrunner.BrokerTaskOfferAccept{TaskID: "t-unknown", OfferID: "nope"}))
 		synctest.Wait()
 		assert.Equal(t, n8nrunner.RejectOfferExpired, rejection(t, h, "t-unknown"))
 
 		// An offer that expired locally.
-		first := h.waitFrame(0, brokertest.FromRunner(n8nrunner.TypeRunnerTaskOffer)).Message.(n8nrunner.RunnerTaskOffer)
+		first := h.waitFrame(0, brokertest.FromRunner(n8nrunner.TypeRunnerTaskOffer)).
+			Message.(n8nrunner.RunnerTaskOffer)
 		time.Sleep(6 * time.Second)
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "t-expired", OfferID: first.OfferID}))
+		require.NoError(t, h.b.Send(h.r.ID(),
+			n8nrunner.BrokerTaskOfferAccept{TaskID: "t-expired", OfferID: first.OfferID}))
 		synctest.Wait()
 		assert.Equal(t, n8nrunner.RejectOfferExpired, rejection(t, h, "t-expired"))
 
@@ -148,7 +158,8 @@ func TestAcceptRejections(t *testing.T) {
 		req := h.b.Submit("python", map[string]any{})
 		_, err := req.WaitAccepted(context.Background())
 		require.NoError(t, err)
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "t-full", OfferID: first.OfferID}))
+		require.NoError(t, h.b.Send(h.r.ID(),
+			n8nrunner.BrokerTaskOfferAccept{TaskID: "t-full", OfferID: first.OfferID}))
 		synctest.Wait()
 		assert.Equal(t, n8nrunner.RejectAtCapacity, rejection(t, h, "t-full"))
 
@@ -161,12 +172,16 @@ func TestAcceptRejections(t *testing.T) {
 
 func TestOfferCanBeAcceptedOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 3 }})
+		h := newHarness(t,
+			runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 3 }})
 		synctest.Wait()
-		o := h.waitFrame(0, brokertest.FromRunner(n8nrunner.TypeRunnerTaskOffer)).Message.(n8nrunner.RunnerTaskOffer)
+		o := h.waitFrame(0, brokertest.FromRunner(n8nrunner.TypeRunnerTaskOffer)).
+			Message.(n8nrunner.RunnerTaskOffer)
 
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "a", OfferID: o.OfferID}))
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "b", OfferID: o.OfferID}))
+		require.NoError(t,
+			h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "a", OfferID: o.OfferID}))
+		require.NoError(t,
+			h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "b", OfferID: o.OfferID}))
 		synctest.Wait()
 		assert.Equal(t, 1, h.b.CountFrames(func(f brokertest.Frame) bool {
 			m, ok := f.Message.(n8nrunner.RunnerTaskAccepted)
@@ -191,10 +206,11 @@ func TestCancelBeforeSettingsFreesTheSlotSilently(t *testing.T) {
 		var calls atomic.Int32
 		h := newHarness(t, runnerOptions{
 			config: func(c *n8nrunner.Config) { c.MaxConcurrency = 1 },
-			handlers: map[string]n8nrunner.HandlerFunc{"python": func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
-				calls.Add(1)
-				return n8nrunner.Result{}, nil
-			}},
+			handlers: map[string]n8nrunner.HandlerFunc{
+				"python": func(context.Context, *n8nrunner.Task) (n8nrunner.Result, error) {
+					calls.Add(1)
+					return n8nrunner.Result{}, nil
+				}},
 		})
 		req := h.b.Submit("python", map[string]any{}, brokertest.HoldSettings())
 		taskID, err := req.WaitAccepted(context.Background())
@@ -208,7 +224,8 @@ func TestCancelBeforeSettingsFreesTheSlotSilently(t *testing.T) {
 		assert.Zero(t, h.terminalFrames(taskID), "nothing is sent after a cancel")
 
 		// Settings that arrive late are ignored.
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskSettings{TaskID: taskID, Settings: []byte(`{}`)}))
+		require.NoError(t, h.b.Send(h.r.ID(),
+			n8nrunner.BrokerTaskSettings{TaskID: taskID, Settings: []byte(`{}`)}))
 		synctest.Wait()
 		assert.Zero(t, calls.Load(), "handler never ran")
 		_, tasks := h.r.Counts()
@@ -219,7 +236,8 @@ func TestCancelBeforeSettingsFreesTheSlotSilently(t *testing.T) {
 func TestCancelWhileRunning(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		causes := make(chan error, 1)
-		h := newHarness(t, runnerOptions{handlers: map[string]n8nrunner.HandlerFunc{"python": blockUntilDone(causes)}})
+		h := newHarness(t, runnerOptions{handlers: map[string]n8nrunner.HandlerFunc{
+			"python": blockUntilDone(causes)}})
 		req := h.b.Submit("python", map[string]any{})
 		taskID, err := req.WaitAccepted(context.Background())
 		require.NoError(t, err)
@@ -241,7 +259,8 @@ func TestCancelWhileRunning(t *testing.T) {
 		assert.Equal(t, 2, offers, "freed slot offered again")
 
 		// A second cancel for the finished task changes nothing.
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: "again"}))
+		require.NoError(t,
+			h.b.Send(h.r.ID(), n8nrunner.BrokerTaskCancel{TaskID: taskID, Reason: "again"}))
 		synctest.Wait()
 		offers, tasks = h.r.Counts()
 		assert.Equal(t, 2, offers)
@@ -277,7 +296,8 @@ func TestHandlerErrorsBecomeTaskErrors(t *testing.T) {
 				if string(t.Settings) == `"plain"` {
 					return n8nrunner.Result{}, errors.New("plain failure")
 				}
-				return n8nrunner.Result{}, &n8nrunner.TaskError{Message: "bad input", Description: "item 3 has no id"}
+				return n8nrunner.Result{},
+					&n8nrunner.TaskError{Message: "bad input", Description: "item 3 has no id"}
 			},
 		}})
 		out := h.submit("python", "plain")
@@ -308,7 +328,8 @@ func TestTaskTimeout(t *testing.T) {
 
 func TestSettingsThatNeverComeFreeTheSlot(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 1 }})
+		h := newHarness(t,
+			runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 1 }})
 		req := h.b.Submit("python", map[string]any{}, brokertest.HoldSettings())
 		_, err := req.WaitAccepted(context.Background())
 		require.NoError(t, err)
@@ -332,24 +353,29 @@ func TestDataNodeTypesAndRPCFromAHandler(t *testing.T) {
 			broker: []brokertest.Option{
 				brokertest.WithDataFunc(func(_ string, p n8nrunner.DataRequestParams) any {
 					gotParams = p
-					return map[string]any{"inputData": map[string]any{"main": [][]any{{map[string]any{"json": 1}}}}}
+					return map[string]any{"inputData": map[string]any{
+						"main": [][]any{{map[string]any{"json": 1}}}}}
 				}),
 				brokertest.WithNodeTypesFunc(func(_ string, types []n8nrunner.NodeTypeID) any {
 					return []any{map[string]any{"name": types[0].Name}}
 				}),
-				brokertest.WithRPCFunc(func(_, method string, params []json.RawMessage) (any, error) {
+				brokertest.WithRPCFunc(func(_, method string,
+					params []json.RawMessage) (any, error) {
 					if method == "logNodeOutput" {
 						return nil, nil
 					}
 					return nil, errors.New("Method not allowed")
 				}),
 			},
-			handlers: map[string]n8nrunner.HandlerFunc{"javascript": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
-				data, err := t.RequestData(ctx, n8nrunner.DataRequestParams{Input: n8nrunner.DataRequestInput{Include: true}})
+			handlers: map[string]n8nrunner.HandlerFunc{"javascript": func(ctx context.Context,
+				t *n8nrunner.Task) (n8nrunner.Result, error) {
+				data, err := t.RequestData(ctx,
+					n8nrunner.DataRequestParams{Input: n8nrunner.DataRequestInput{Include: true}})
 				if err != nil {
 					return n8nrunner.Result{}, err
 				}
-				types, err := t.RequestNodeTypes(ctx, []n8nrunner.NodeTypeID{{Name: "n8n-nodes-base.code", Version: 2}})
+				types, err := t.RequestNodeTypes(ctx,
+					[]n8nrunner.NodeTypeID{{Name: "n8n-nodes-base.code", Version: 2}})
 				if err != nil {
 					return n8nrunner.Result{}, err
 				}
@@ -377,10 +403,11 @@ func TestDataNodeTypesAndRPCFromAHandler(t *testing.T) {
 func TestPendingRequestEndsWithTheTask(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		errs := make(chan error, 1)
-		b := []brokertest.Option{brokertest.WithDataFunc(func(string, n8nrunner.DataRequestParams) any {
-			time.Sleep(time.Hour) // a broker that never answers in time
-			return nil
-		})}
+		b := []brokertest.Option{
+			brokertest.WithDataFunc(func(string, n8nrunner.DataRequestParams) any {
+				time.Sleep(time.Hour) // a broker that never answers in time
+				return nil
+			})}
 		h := newHarness(t, runnerOptions{broker: b, handlers: map[string]n8nrunner.HandlerFunc{
 			"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
 				_, err := t.RequestData(ctx, n8nrunner.DataRequestParams{})
@@ -442,7 +469,8 @@ func TestSecondSettingsIsIgnored(t *testing.T) {
 		taskID, err := req.WaitAccepted(context.Background())
 		require.NoError(t, err)
 		synctest.Wait()
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskSettings{TaskID: taskID, Settings: []byte(`{}`)}))
+		require.NoError(t, h.b.Send(h.r.ID(),
+			n8nrunner.BrokerTaskSettings{TaskID: taskID, Settings: []byte(`{}`)}))
 		synctest.Wait()
 		close(release)
 		out, err := req.Wait(context.Background())
@@ -457,12 +485,13 @@ func TestCapacityInvariantUnderLoad(t *testing.T) {
 		const max = 4
 		h := newHarness(t, runnerOptions{
 			config: func(c *n8nrunner.Config) { c.MaxConcurrency = max },
-			handlers: map[string]n8nrunner.HandlerFunc{"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
-				var d int
-				_ = t.DecodeSettings(&d)
-				time.Sleep(time.Duration(d) * time.Millisecond)
-				return n8nrunner.Result{Value: d}, nil
-			}},
+			handlers: map[string]n8nrunner.HandlerFunc{
+				"python": func(ctx context.Context, t *n8nrunner.Task) (n8nrunner.Result, error) {
+					var d int
+					_ = t.DecodeSettings(&d)
+					time.Sleep(time.Duration(d) * time.Millisecond)
+					return n8nrunner.Result{Value: d}, nil
+				}},
 		})
 		var violations atomic.Int32
 		stop := make(chan struct{})
@@ -520,7 +549,8 @@ func TestDrainStopsOffersAndLetsTasksFinish(t *testing.T) {
 		h.b.Drain()
 		synctest.Wait()
 		afterDrain := h.b.LastSeq()
-		require.NoError(t, h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "late", OfferID: offerID}))
+		require.NoError(t,
+			h.b.Send(h.r.ID(), n8nrunner.BrokerTaskOfferAccept{TaskID: "late", OfferID: offerID}))
 		synctest.Wait()
 		assert.Equal(t, n8nrunner.RejectShuttingDown, rejection(t, h, "late"))
 
@@ -613,7 +643,8 @@ func TestIdleAutoShutdown(t *testing.T) {
 func TestLostConnectionCancelsTasks(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		causes := make(chan error, 1)
-		h := newHarness(t, runnerOptions{handlers: map[string]n8nrunner.HandlerFunc{"python": blockUntilDone(causes)}})
+		h := newHarness(t, runnerOptions{handlers: map[string]n8nrunner.HandlerFunc{
+			"python": blockUntilDone(causes)}})
 		req := h.b.Submit("python", map[string]any{})
 		taskID, err := req.WaitAccepted(context.Background())
 		require.NoError(t, err)
@@ -640,7 +671,8 @@ func TestRunErrors(t *testing.T) {
 		assert.ErrorIs(t, r.Run(context.Background()), n8nrunner.ErrNoHandlers)
 
 		r.HandleFunc("python", echoSettings)
-		assert.Panics(t, func() { r.HandleFunc("python", echoSettings) }, "second handler for a type")
+		assert.Panics(t, func() { r.HandleFunc("python", echoSettings) },
+			"second handler for a type")
 
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error)
@@ -655,7 +687,8 @@ func TestRunErrors(t *testing.T) {
 
 func TestManyTasksEachGetExactlyOneAnswer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := newHarness(t, runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 8 }})
+		h := newHarness(t,
+			runnerOptions{config: func(c *n8nrunner.Config) { c.MaxConcurrency = 8 }})
 		reqs := make([]*brokertest.Request, 100)
 		for i := range reqs {
 			reqs[i] = h.b.Submit("python", i)
@@ -668,7 +701,8 @@ func TestManyTasksEachGetExactlyOneAnswer(t *testing.T) {
 			assert.Equal(t, 1, h.terminalFrames(out.TaskID))
 		}
 		accepts := h.b.CountFrames(brokertest.ToRunner(n8nrunner.TypeBrokerTaskOfferAccept))
-		answers := h.count(n8nrunner.TypeRunnerTaskAccepted) + h.count(n8nrunner.TypeRunnerTaskRejected)
+		answers := h.count(n8nrunner.TypeRunnerTaskAccepted) +
+			h.count(n8nrunner.TypeRunnerTaskRejected)
 		assert.Equal(t, accepts, answers, "every accept answered")
 	})
 }

@@ -38,9 +38,11 @@ func TestInvalidRawResultIsAnError(t *testing.T) {
 func TestTaskErrorCarriesStackAndCause(t *testing.T) {
 	t.Parallel()
 	cause := errors.New("root")
-	err := fmt.Errorf("wrapped: %w", &TaskError{Message: "m", Description: "d", Stack: "at line 3", Err: cause})
+	err := fmt.Errorf("wrapped: %w",
+		&TaskError{Message: "m", Description: "d", Stack: "at line 3", Err: cause})
 	assert.ErrorIs(t, err, cause)
 	m, decErr := Decode(errorFrame("t1", err))
 	require.NoError(t, decErr)
-	assert.JSONEq(t, `{"message":"m","description":"d","stack":"at line 3"}`, string(m.(RunnerTaskError).Error))
+	assert.JSONEq(t, `{"message":"m","description":"d","stack":"at line 3"}`,
+		string(m.(RunnerTaskError).Error))
 }
